@@ -1,0 +1,33 @@
+# daskmask: `make demo` runs the main job, `make test` runs the tests.
+# Both create the virtualenv (.venv) and install daskmask into it first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format clean
+
+demo: $(STAMP)
+	$(BIN)/python -m daskmask demo
+
+test: $(STAMP)
+	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/ruff format --check daskmask tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format daskmask tests benchmarks
+	$(BIN)/ruff check --fix daskmask tests benchmarks
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,fast]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

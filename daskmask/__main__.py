@@ -1,0 +1,31 @@
+"""Command line: ``python -m daskmask demo`` runs the main job on the bundled sample."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from daskmask import _demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the requested job."""
+    parser = argparse.ArgumentParser(prog="python -m daskmask", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="mask the bundled real EPI sample with every strategy")
+    demo.add_argument(
+        "images", nargs="?", default=None, help="a 4D NIfTI run (default: the bundled sample)"
+    )
+    demo.add_argument(
+        "--scheduler",
+        default=None,
+        help="scheduler address (default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        _demo.run(args.images, scheduler=args.scheduler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Resolve what users pass as images (paths, globs, lists, nibabel images) and open them.
+
+Opening reads headers only. Voxel data are read later, by dask tasks, through
+the picklable arrays of :mod:`daskmask.reading._array`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.spatialimages import SpatialImage
+
+from daskmask.exceptions import DimensionError, NiftiFileNotFoundError, NiftiReadError
+from daskmask.reading._array import (
+    NiftiArrayWrapper,
+    ProxySpec,
+    StackedNiftiArray,
+    dask_array_from,
+    scaled_dtype,
+    spec_from_proxy,
+)
+from daskmask.reading._chunks import ChunksLike, plan_time_chunks, volumes_per_chunk
+from daskmask.reading._metadata import (
+    TIME_DIM,
+    build_attrs,
+    build_coords,
+    dims_for,
+    header_metadata,
+    image_stem,
+)
+
+#: Anything :func:`open_nifti` accepts.
+NiftiLike = str | os.PathLike | SpatialImage | xr.DataArray | Sequence[Any]
+
+_TYPE_ERROR = "input should be a NiftiLike object or an iterable of NiftiLike object. Got: {}"
+
+#: Suffixes of files nibabel decompresses on the fly (no size check at open).
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
+
+_GLOB_CHARACTERS = frozenset("*?[]")
+
+GZIP_MAGIC = b"\x1f\x8b"
+#: Sizes of the NIfTI-1 and NIfTI-2 headers in bytes (their ``sizeof_hdr``).
+NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """One input image with its header read and its data not yet read.
+
+    Exactly one of ``spec`` (data in a file) and ``array`` (data in memory,
+    a NumPy or dask array) is set.
+    """
+
+    #: Path of the file, or a placeholder such as "<in-memory Nifti1Image>".
+    label: str
+    #: ``t_r``, ``xyz_units``, ``time_units`` and ``nifti_version``.
+    metadata: dict[str, Any]
+    #: The 4x4 affine as nibabel gives it.
+    affine: np.ndarray
+    #: Shape with trailing singleton dimensions beyond the 4th removed.
+    shape: tuple[int, ...]
+    #: Data type stored on disk (before scaling).
+    on_disk_dtype: np.dtype
+    #: Where the data live on disk, for file-backed images.
+    spec: ProxySpec | None = None
+    #: The data, for in-memory images.
+    array: Any = None
+
+    @property
+    def name(self) -> str | None:
+        """File stem for file-backed images, None otherwise."""
+        return image_stem(self.spec.path) if self.spec is not None else None
+
+
+def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
+    """Open NIfTI image(s) as a lazy, time-chunked :class:`xarray.DataArray`.
+
+    Only headers are read; voxel data are read by dask tasks, one task per
+    chunk, in whichever process computes them.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, nibabel image, xarray.DataArray or sequence
+        A path to a ``.nii``/``.nii.gz`` (NIfTI-1 or NIfTI-2, or an
+        ``.hdr``/``.img`` pair), ``~`` expanded; a glob pattern (matches sorted
+        ascending, always treated as a list); a nibabel image (read lazily from
+        its file when it has one, using the in-memory object's affine and
+        header); a DataArray returned by ``open_nifti`` (returned unchanged,
+        or rechunked along time when ``chunks`` is not ``"auto"``); or a list
+        or tuple of any of these, 3D elements stacked and 4D elements
+        concatenated along time.
+    chunks : "auto", int, str or dict, default="auto"
+        Volumes per chunk along time; spatial dimensions are never split.
+        See :func:`~daskmask.reading._chunks.plan_time_chunks`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, with dims ``("x", "y", "z", "time")`` (4D),
+        ``("x", "y", "z")`` (3D) or ``("x", "y")`` (2D); integer voxel
+        coordinates, ``time`` in seconds when the repetition time is known
+        (else volume indices); attrs ``affine``, ``t_r``, ``xyz_units``,
+        ``time_units``, ``source``, ``nifti_version`` and ``on_disk_dtype``.
+        The values and dtype equal nibabel's ``np.asanyarray(img.dataobj)``.
+
+    Raises
+    ------
+    NiftiFileNotFoundError
+        A path does not exist or a glob pattern matches nothing.
+    NiftiReadError
+        A file is not a readable image, or a ``.nii`` is shorter than its
+        header says. Corrupt ``.nii.gz`` data raise it when computed.
+    DimensionError
+        An image has more than 4 non-singleton dimensions, or a nested list
+        was given.
+    ValueError
+        An image has a zero-length dimension, or list elements do not share
+        a field of view (shape and affine).
+    TypeError
+        ``source`` is of an unsupported type or an empty list.
+
+    Notes
+    -----
+    Differences from nilearn's ``check_niimg``: an existing file whose name
+    contains glob characters is opened as that file instead of being treated
+    as a pattern; an empty list raises ``TypeError`` (nilearn: a bare
+    ``IndexError``); the repetition time is read from the header (see
+    :func:`~daskmask.reading._metadata.repetition_time`). As in nilearn, a
+    nibabel image whose data were already loaded into its ``_data_cache``
+    (as nilearn's ``get_data`` does) is read from that cache, not its file.
+
+    """
+    if isinstance(source, xr.DataArray):
+        return _rechunk_existing(source, chunks)
+    elements, is_list = _resolve(source)
+    images = [_open_element(element) for element in elements]
+    if not is_list:
+        return _single_image_array(images[0], chunks)
+    return _stacked_array(images, chunks)
+
+
+def _resolve(source: Any) -> tuple[list[Any], bool]:
+    """Expand paths and globs; return the elements and whether it was a list."""
+    if isinstance(source, str | os.PathLike):
+        path = os.path.expanduser(os.fspath(source))
+        if isinstance(path, str) and not os.path.exists(path) and _has_glob(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise NiftiFileNotFoundError(
+                    f"No files matching the entered niimg expression: '{path}'. "
+                    "Check the pattern, or escape the wildcard characters if they are "
+                    "part of a file name."
+                )
+            return matches, True
+        return [path], False
+    if isinstance(source, SpatialImage):
+        return [source], False
+    if isinstance(source, list | tuple):
+        if len(source) == 0:
+            raise TypeError(_TYPE_ERROR.format("an empty list") + " (give at least one image).")
+        elements: list[Any] = []
+        for element in source:
+            if isinstance(element, list | tuple):
+                raise DimensionError(
+                    "Input data has incompatible dimensionality: open_nifti returns at most "
+                    "4D and you provided a list of lists of images (5D). Open each inner "
+                    "list separately."
+                )
+            if isinstance(element, str | os.PathLike):
+                expanded, _ = _resolve(element)
+                elements.extend(expanded)
+            else:
+                elements.append(element)
+        return elements, True
+    raise TypeError(_TYPE_ERROR.format(type(source).__name__))
+
+
+def _has_glob(path: str) -> bool:
+    return any(character in _GLOB_CHARACTERS for character in path)
+
+
+def _open_element(element: Any) -> OpenedImage:
+    """Open one path, nibabel image or DataArray (headers only)."""
+    if isinstance(element, str | os.PathLike):
+        return open_path(os.fspath(element))
+    if isinstance(element, SpatialImage):
+        return _from_nibabel(element)
+    if isinstance(element, xr.DataArray):
+        return _from_data_array(element)
+    raise TypeError(_TYPE_ERROR.format(type(element).__name__))
+
+
+def open_path(path: str) -> OpenedImage:
+    """Open one NIfTI file by path, reading its header only.
+
+    Parameters
+    ----------
+    path : str
+        Path of the file (already ``~`` expanded).
+
+    Returns
+    -------
+    OpenedImage
+        The file-backed image description.
+
+    Raises
+    ------
+    NiftiFileNotFoundError
+        If the file does not exist.
+    NiftiReadError
+        If it is a directory, not a readable image, or truncated.
+    DimensionError, ValueError
+        If the image has more than 4 non-singleton dimensions or is empty.
+
+    """
+    absolute = os.path.abspath(path)
+    if not os.path.exists(absolute):
+        raise NiftiFileNotFoundError(f"File not found: '{path}'")
+    if os.path.isdir(absolute):
+        raise NiftiReadError(f"'{path}' is a directory, not a NIfTI file.")
+    try:
+        image = nib.load(absolute)
+    except Exception as error:  # nibabel raises many types for unreadable files
+        reason = _header_problem(absolute) or f"{type(error).__name__}: {error}"
+        raise NiftiReadError(f"Cannot read '{path}' as a NIfTI image: {reason}") from None
+    if not isinstance(image, SpatialImage):
+        raise NiftiReadError(
+            f"'{path}' is a {type(image).__name__}, not a volumetric (NIfTI) image."
+        )
+    return _from_nibabel(image)
+
+
+def _header_problem(path: str) -> str | None:
+    """Explain why a file's header cannot be read, when the cause is below nibabel.
+
+    nibabel reports a corrupt gzip stream or a too-short file as "Cannot work
+    out file type"; the underlying reason is more useful to the user.
+    """
+    try:
+        with open(path, "rb") as raw:
+            first_bytes = raw.read(NIFTI2_HEADER_BYTES)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    if first_bytes.startswith(GZIP_MAGIC):
+        try:
+            with gzip.open(path, "rb") as inflated:
+                first_bytes = inflated.read(NIFTI2_HEADER_BYTES)
+        except (OSError, EOFError, zlib.error) as error:
+            return f"the gzip stream is corrupt ({type(error).__name__}: {error})"
+    if len(first_bytes) < NIFTI1_HEADER_BYTES:
+        return (
+            f"the file holds only {len(first_bytes)} bytes (after decompression), fewer "
+            f"than the {NIFTI1_HEADER_BYTES} bytes of a NIfTI-1 header"
+        )
+    return None
+
+
+def _from_nibabel(image: SpatialImage) -> OpenedImage:
+    dataobj = image.dataobj
+    # Data already loaded into the image's ``_data_cache`` (nilearn's get_data
+    # fills it) may have been modified in place; use them, as nilearn does.
+    cached = getattr(image, "_data_cache", None)
+    if cached is not None:
+        dataobj = cached
+    file_backed = isinstance(dataobj, ArrayProxy) and isinstance(
+        dataobj.file_like, str | os.PathLike
+    )
+    label = (
+        os.path.abspath(os.fspath(dataobj.file_like))
+        if file_backed
+        else f"<in-memory {type(image).__name__}>"
+    )
+    shape = _squeezed_shape(tuple(image.shape), label)
+    on_disk_dtype = np.dtype(image.get_data_dtype())
+    affine = np.asarray(image.affine, dtype=np.float64)
+    metadata = header_metadata(image.header, len(shape))
+    if file_backed:
+        spec = spec_from_proxy(dataobj, shape)
+        _check_not_truncated(spec)
+        try:
+            scaled_dtype(spec)
+        except (TypeError, ValueError) as error:
+            raise NiftiReadError(
+                f"Cannot apply scl_slope={spec.slope!r} / scl_inter={spec.inter!r} of "
+                f"'{label}' to its {on_disk_dtype} data ({error}); nibabel cannot read it "
+                "either. Reset the scaling fields of the header."
+            ) from None
+        return OpenedImage(label, metadata, affine, shape, on_disk_dtype, spec=spec)
+    # Data already in memory (or in an in-memory file object): no file to defer to.
+    array = np.asanyarray(dataobj).reshape(shape)
+    return OpenedImage(label, metadata, affine, shape, on_disk_dtype, array=array)
+
+
+def _from_data_array(array: xr.DataArray) -> OpenedImage:
+    if "affine" not in array.attrs or array.dims != dims_for(array.ndim):
+        raise TypeError(
+            _TYPE_ERROR.format(
+                f"DataArray with dims {array.dims} (expected one returned by open_nifti)"
+            )
+        )
+    label = array.attrs.get("source", "<DataArray>")
+    data = array.data if isinstance(array.data, da.Array) else np.asarray(array.data)
+    on_disk = np.dtype(array.attrs.get("on_disk_dtype", array.dtype))
+    metadata = {
+        key: array.attrs.get(key, default)
+        for key, default in (
+            ("t_r", None),
+            ("xyz_units", "unknown"),
+            ("time_units", "unknown"),
+            ("nifti_version", None),
+        )
+    }
+    affine = np.asarray(array.attrs["affine"], dtype=np.float64)
+    return OpenedImage(str(label), metadata, affine, array.shape, on_disk, array=data)
+
+
+def _squeezed_shape(shape: tuple[int, ...], label: str) -> tuple[int, ...]:
+    """Drop trailing singleton dims beyond the 4th; reject empty and >4D images."""
+    if len(shape) > 4:
+        if any(size != 1 for size in shape[4:]):
+            raise DimensionError(
+                f"Input data has incompatible dimensionality: '{label}' has shape {shape}; "
+                "only 2D, 3D and 4D images (extra dimensions of length 1 are dropped) "
+                "are supported."
+            )
+        shape = shape[:4]
+    if 0 in shape:
+        raise ValueError(f"The image is empty. '{label}' has shape {shape}.")
+    return shape
+
+
+def _check_not_truncated(spec: ProxySpec) -> None:
+    """Compare an uncompressed file's size with what its header promises."""
+    if spec.path.lower().endswith(_COMPRESSED_SUFFIXES):
+        return
+    promised = math.prod(spec.shape) * np.dtype(spec.on_disk_dtype).itemsize
+    size = os.path.getsize(spec.path)
+    if size < spec.offset + promised:
+        held = max(0, size - spec.offset)
+        raise NiftiReadError(
+            f"'{spec.path}' is truncated: the header promises {promised} bytes of data "
+            f"after offset {spec.offset} but the file holds only {held}. Re-create or "
+            "re-download the file."
+        )
+
+
+def _file_stats(specs: Sequence[ProxySpec]) -> list[tuple[int, int]]:
+    stats = [os.stat(spec.path) for spec in specs]
+    return [(stat.st_size, stat.st_mtime_ns) for stat in stats]
+
+
+def _element_dask_array(image: OpenedImage, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    """Return a dask array over one image's data, chunked as given."""
+    if image.spec is not None:
+        return dask_array_from(NiftiArrayWrapper(image.spec), chunks, _file_stats([image.spec]))
+    if isinstance(image.array, da.Array):
+        return image.array.rechunk(chunks)
+    name = "nifti-memory-" + tokenize(image.array, chunks)
+    return da.from_array(image.array, chunks=chunks, name=name)
+
+
+def _single_image_array(image: OpenedImage, chunks: ChunksLike) -> xr.DataArray:
+    dtype = _element_dtype(image)
+    plan = plan_time_chunks(image.shape, dtype.itemsize, chunks)
+    data = _element_dask_array(image, plan)
+    return _to_data_array(data, image, image.label, image.name)
+
+
+def _element_dtype(image: OpenedImage) -> np.dtype:
+    if image.spec is not None:
+        return NiftiArrayWrapper(image.spec).dtype
+    return np.dtype(image.array.dtype)
+
+
+def _stacked_array(images: list[OpenedImage], chunks: ChunksLike) -> xr.DataArray:
+    reference = images[0]
+    for index, image in enumerate(images):
+        if len(image.shape) not in (3, 4):
+            raise DimensionError(
+                f"Input data has incompatible dimensionality: image #{index} "
+                f"('{image.label}') has shape {image.shape}; a list must hold 3D or 4D "
+                "images."
+            )
+        same_shape = image.shape[:3] == reference.shape[:3]
+        if not same_shape or not np.allclose(image.affine, reference.affine):
+            raise ValueError(
+                f"Field of view of image #{index} is different from reference FOV.\n"
+                f"Reference affine:\n{reference.affine!r}\nImage affine:\n{image.affine!r}\n"
+                f"Reference shape:\n{reference.shape[:3]!r}\nImage shape:\n{image.shape[:3]!r}"
+            )
+    n_volumes = sum(image.shape[3] if len(image.shape) == 4 else 1 for image in images)
+    shape = (*reference.shape[:3], n_volumes)
+    if all(image.spec is not None for image in images):
+        specs = [image.spec for image in images]
+        stacked = StackedNiftiArray([NiftiArrayWrapper(spec) for spec in specs])
+        plan = plan_time_chunks(shape, stacked.dtype.itemsize, chunks)
+        data = dask_array_from(stacked, plan, _file_stats(specs))
+    else:
+        dtype = np.result_type(*(_element_dtype(image) for image in images))
+        plan = plan_time_chunks(shape, dtype.itemsize, chunks)
+        pieces = []
+        for image in images:
+            element_shape = image.shape if len(image.shape) == 4 else (*image.shape, 1)
+            piece = _element_dask_array(image, tuple((size,) for size in image.shape))
+            pieces.append(piece.reshape(element_shape))
+        data = da.concatenate(pieces, axis=3).astype(dtype).rechunk(plan)
+    labels = [image.label for image in images]
+    return _to_data_array(data, reference, labels, None)
+
+
+def _to_data_array(
+    data: da.Array, reference: OpenedImage, source: str | list[str], name: str | None
+) -> xr.DataArray:
+    attrs = build_attrs(reference.metadata, reference.affine, source, reference.on_disk_dtype)
+    if data.ndim == 4 and len(reference.shape) < 4:
+        attrs["t_r"] = None  # stacked 3D volumes carry no repetition time
+    return xr.DataArray(
+        data,
+        dims=dims_for(data.ndim),
+        coords=build_coords(data.shape, attrs["t_r"]),
+        attrs=attrs,
+        name=name,
+    )
+
+
+def _rechunk_existing(array: xr.DataArray, chunks: ChunksLike) -> xr.DataArray:
+    """Return a DataArray from open_nifti unchanged, or rechunked along time."""
+    if isinstance(chunks, str) and chunks == "auto":
+        return array
+    if TIME_DIM not in array.dims:
+        plan_time_chunks(array.shape, array.dtype.itemsize, chunks)  # validates chunks
+        return array
+    per_chunk = volumes_per_chunk(array.shape, array.dtype.itemsize, chunks)
+    return array.chunk({TIME_DIM: per_chunk})
