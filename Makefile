@@ -12,16 +12,16 @@ demo: $(STAMP)
 	$(BIN)/python -m daskmask demo
 
 test: $(STAMP)
-	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/ruff check daskmask tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check daskmask tests benchmarks
-	$(BIN)/ruff format --check daskmask tests benchmarks
+	$(BIN)/ruff check daskmask tests
+	$(BIN)/ruff format --check daskmask tests
 
 format: $(STAMP)
-	$(BIN)/ruff format daskmask tests benchmarks
-	$(BIN)/ruff check --fix daskmask tests benchmarks
+	$(BIN)/ruff format daskmask tests
+	$(BIN)/ruff check --fix daskmask tests
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -55,7 +55,8 @@ def assert_same_mask(reference, ours) -> None:
     assert got.shape == expected.shape
     np.testing.assert_allclose(ours.mask_img_.affine, reference.mask_img_.affine, atol=1e-10)
     mismatch = np.argwhere((got != 0) != (expected != 0))
-    assert mismatch.size == 0, f"{len(mismatch)} voxels differ, first ones: {mismatch[:5].tolist()}"
+    first = mismatch[:5].tolist()
+    assert mismatch.size == 0, f"{len(mismatch)} voxels differ, first ones: {first}"
     assert ours.n_elements_ == reference.n_elements_
 
 
