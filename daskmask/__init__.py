@@ -5,7 +5,7 @@ by reductions over time chunks on Dask; the masker follows nilearn's
 parameters, defaults and results.
 """
 
-from daskmask import datasets
+from daskmask import datasets, signal
 from daskmask._version import __version__
 from daskmask.cluster import connect
 from daskmask.masker import NiftiMasker
@@ -20,9 +20,11 @@ from daskmask.masking import (
     mean_img,
 )
 from daskmask.reading import open_nifti
+from daskmask.storage import Results, open_results, save
 
 __all__ = [
     "NiftiMasker",
+    "Results",
     "__version__",
     "compute_background_mask",
     "compute_brain_mask",
@@ -35,4 +37,7 @@ __all__ = [
     "intersect_masks",
     "mean_img",
     "open_nifti",
+    "open_results",
+    "save",
+    "signal",
 ]

@@ -21,9 +21,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="scheduler address (default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)",
     )
+    demo.add_argument(
+        "--output",
+        default=str(_demo.DEFAULT_OUTPUT),
+        help="Zarr results store to write (replaced if it exists)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        _demo.run(args.images, scheduler=args.scheduler)
+        _demo.run(args.images, scheduler=args.scheduler, output=args.output)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,10 @@ from daskmask.cluster import connect
 from daskmask.datasets import load_sample
 from daskmask.masker import NiftiMasker
 from daskmask.reading import open_nifti
+from daskmask.storage import open_results, save
+
+#: Where ``make demo`` writes its results store (replaced at every run).
+DEFAULT_OUTPUT = Path("daskmask-demo.zarr")
 
 #: The walkthrough's settings: (label, NiftiMasker parameters).
 WALKTHROUGH_SETTINGS: list[tuple[str, dict[str, Any]]] = [
@@ -39,8 +44,17 @@ def coverage_sentence(masker: NiftiMasker) -> str:
     )
 
 
-def run(images: str | None = None, scheduler: str | None = None) -> None:
-    """Fit a masker for each walkthrough setting and print its mask coverage."""
+def signal_statistics(label: str, signals: np.ndarray) -> str:
+    """Return "<label>: mean M, std S" as the walkthrough prints it."""
+    return f"{label}: mean {np.mean(signals):.2f}, std {np.std(signals):.2f}"
+
+
+def run(
+    images: str | None = None,
+    scheduler: str | None = None,
+    output: str | Path = DEFAULT_OUTPUT,
+) -> None:
+    """Run the walkthrough: masks, trended/detrended extraction, Zarr results."""
     source = images if images is not None else load_sample()
     with connect(scheduler) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
@@ -50,3 +64,16 @@ def run(images: str | None = None, scheduler: str | None = None) -> None:
         for label, params in WALKTHROUGH_SETTINGS:
             masker = NiftiMasker(**params).fit(run_data)
             print(f"{label}: {coverage_sentence(masker)}", flush=True)
+
+        trended = NiftiMasker(mask_strategy="epi").fit_transform(run_data)
+        detrended = NiftiMasker(mask_strategy="epi", detrend=True).fit_transform(run_data)
+        print(signal_statistics("Trended", trended.to_numpy()), flush=True)
+        print(signal_statistics("Detrended", detrended.to_numpy()), flush=True)
+
+        store = save(detrended, output, overwrite=True)
+        results = open_results(store)
+        print(
+            f"Wrote {store}: signals {results.signals.shape[0]} time points x "
+            f"{results.signals.shape[1]} voxels, mask and mean image; reopened lazily.",
+            flush=True,
+        )

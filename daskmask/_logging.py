@@ -9,9 +9,10 @@ walking the interpreter stack.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,19 @@ def logged_method(method: _F) -> _F:
             _current_method.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def logging_as(estimator: Any, method_name: str) -> Iterator[None]:
+    """Prefix log lines with ``estimator``'s ``method_name`` unless an outer method does."""
+    token = None
+    if _current_method.get() is None:
+        token = _current_method.set(f"{type(estimator).__name__}.{method_name}")
+    try:
+        yield
+    finally:
+        if token is not None:
+            _current_method.reset(token)
 
 
 def log(message: str, verbose: int | bool, level: int = 1) -> None:

@@ -19,7 +19,8 @@ import xarray as xr
 from sklearn.base import BaseEstimator
 
 from daskmask import _params
-from daskmask._logging import describe_images, log, logged_method
+from daskmask._logging import describe_images, log, logged_method, logging_as
+from daskmask._transform import extract_and_clean, signals_to_image
 from daskmask.exceptions import NotFittedError
 from daskmask.image import resample_img
 from daskmask.masking import compute_background_mask, compute_brain_mask, compute_epi_mask
@@ -261,6 +262,69 @@ class NiftiMasker(BaseEstimator):
             }
         log("Finished fit", self.verbose)
         return self
+
+    # ------------------------------------------------------------ transform
+
+    @logged_method
+    def transform(self, imgs: Any, confounds: Any = None, sample_mask: Any = None) -> xr.DataArray:
+        """Extract the (cleaned) time series of the mask's voxels, lazily.
+
+        Parameters
+        ----------
+        imgs : path, glob, list of images, nibabel image or DataArray
+            A 4D run (or a 3D volume, or a list of 3D volumes).
+        confounds : array, DataFrame, CSV/TSV path, or a list of them, optional
+            Confounds regressed out of the signals (after the high-variance
+            confounds when ``high_variance_confounds`` is set).
+        sample_mask : array of indices or booleans, or a list of them per run
+            Volumes to keep (scrubbing).
+
+        Returns
+        -------
+        xarray.DataArray
+            Lazy ``(time, voxel)`` signals (``(voxel,)`` for a 3D input),
+            chunked by voxel blocks, with voxel coordinates ``i, j, k, x, y,
+            z`` and the masker's parameters in ``attrs``. ``np.asarray`` of it
+            equals nilearn's ``transform`` output.
+
+        """
+        self._check_fitted()
+        return extract_and_clean(self, imgs, confounds, sample_mask)
+
+    def fit_transform(
+        self, imgs: Any, y: Any = None, confounds: Any = None, sample_mask: Any = None
+    ) -> xr.DataArray:
+        """Fit the mask on ``imgs``, then transform them (see :meth:`transform`)."""
+        del y
+        with logging_as(self, "fit_transform"):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Generation of a mask has been")
+                self.fit(imgs)
+            return self.transform(imgs, confounds=confounds, sample_mask=sample_mask)
+
+    @logged_method
+    def inverse_transform(self, X: Any, *, filename: Any = None) -> nib.Nifti1Image:
+        """Put signals back into images: 1D signals give a 3D image, 2D a 4D one.
+
+        Parameters
+        ----------
+        X : array, DataArray or results store
+            ``(n_voxels,)`` or ``(n_time, n_voxels)`` signals: numpy,
+            dask or xarray (as returned by :meth:`transform`), or a results
+            store opened with :func:`daskmask.open_results`.
+        filename : path, optional
+            Stream the image to this .nii or .nii.gz file volume by volume,
+            without holding the 4D array in memory, and return it opened
+            lazily. Use it for results larger than memory.
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            The image on the mask's grid, zero outside the mask.
+
+        """
+        self._check_fitted()
+        return signals_to_image(self, X, filename)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "mask_img_")

@@ -13,9 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
-
-from daskmask.datasets import generate_epi
 
 #: Peak resident memory allowed to the fitting process (imports included).
 MEMORY_ALLOWANCE = 450 * 2**20
@@ -39,13 +38,8 @@ FIT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["epi", "background"])
-def test_fit_peak_memory_is_bounded_by_chunks_not_file(tmp_path_factory, strategy):
-    folder = tmp_path_factory.getbasetemp() / "big_run"
-    folder.mkdir(exist_ok=True)
-    path = folder / "big.nii"
-    if not path.exists():
-        # 64 x 64 x 40 int16 volumes, 5000 of them: 1.6 GB.
-        generate_epi(path, shape=(64, 64, 40), n_timepoints=5000, seed=3)
+def test_fit_peak_memory_is_bounded_by_chunks_not_file(big_run, strategy):
+    path = big_run
     file_size = path.stat().st_size
     assert file_size > 3 * MEMORY_ALLOWANCE
 
@@ -61,3 +55,50 @@ def test_fit_peak_memory_is_bounded_by_chunks_not_file(tmp_path_factory, strateg
     assert report["peak"] < MEMORY_ALLOWANCE, (
         f"peak RSS {report['peak'] / 2**20:.0f} MiB for a {file_size / 2**20:.0f} MiB file"
     )
+
+
+TRANSFORM_SCRIPT = textwrap.dedent(
+    """
+    import json, re, sys
+    import dask
+    import daskmask as dm
+
+    dask.config.set({"array.chunk-size": "16MiB", "scheduler": "threads", "num_workers": 2})
+    masker = dm.NiftiMasker(mask_strategy="epi", detrend=True, standardize="zscore_sample")
+    signals = masker.fit_transform(sys.argv[1])
+    dm.save(signals, sys.argv[2])
+    status = open("/proc/self/status").read()
+    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+    print(json.dumps({"peak": peak, "shape": list(signals.shape)}))
+    """
+)
+
+#: Peak allowed to fit_transform + save with 16 MiB blocks (imports included).
+TRANSFORM_ALLOWANCE = 650 * 2**20
+
+
+@pytest.mark.slow
+def test_transform_to_zarr_peak_memory_is_bounded_by_blocks(big_run, tmp_path):
+    file_size = big_run.stat().st_size
+    assert file_size > 3 * TRANSFORM_ALLOWANCE
+    store = tmp_path / "signals.zarr"
+    result = subprocess.run(
+        [sys.executable, "-c", TRANSFORM_SCRIPT, str(big_run), str(store)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    n_time, n_voxels = report["shape"]
+    assert n_time * n_voxels * 4 > 2 * TRANSFORM_ALLOWANCE  # the signals alone exceed it
+    assert report["peak"] < TRANSFORM_ALLOWANCE, (
+        f"peak RSS {report['peak'] / 2**20:.0f} MiB for a {file_size / 2**20:.0f} MiB file"
+    )
+    import daskmask as dm
+
+    results = dm.open_results(store)
+    assert results.signals.shape == (n_time, n_voxels)
+    block = results.signals[:, :50].to_numpy()
+    np.testing.assert_allclose(block.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(block.std(axis=0, ddof=1), 1, rtol=1e-3)

@@ -9,10 +9,9 @@ import nibabel as nib
 import numpy as np
 
 from daskmask._logging import log
-from daskmask.image.resampling import new_img_like
-from daskmask.masking._mean import mean_volume, open_image, prepare_mean, reference_image
+from daskmask.masking._mean import mask_img_from_time_mean, prepare_mean
 from daskmask.masking._postprocess import post_process_mask
-from daskmask.masking._validation import check_parameter_type
+from daskmask.masking._validation import check_morphology_parameters, check_parameter_type
 
 __all__ = [
     "background_mask_from_mean",
@@ -34,8 +33,7 @@ def check_background_parameters(border_size: Any, connected: Any, opening: Any) 
 
     """
     check_parameter_type(border_size, (int, np.integer), "border_size")
-    check_parameter_type(connected, (bool,), "connected", accept_bool=True)
-    check_parameter_type(opening, (bool, int, np.integer), "opening", accept_bool=True)
+    check_morphology_parameters(connected, opening)
 
 
 def border_values(volume: np.ndarray, border_size: int) -> np.ndarray:
@@ -160,15 +158,12 @@ def compute_background_mask(
     """
     check_background_parameters(border_size, connected, opening)
     log("Background mask computation", verbose)
-    data = open_image(data_imgs)
-    mean = mean_volume(data)
-    mask, affine = background_mask_from_mean(
-        mean,
-        data.attrs["affine"],
+    return mask_img_from_time_mean(
+        data_imgs,
+        background_mask_from_mean,
         border_size=border_size,
         connected=connected,
         opening=opening,
         target_affine=target_affine,
         target_shape=target_shape,
     )
-    return new_img_like(reference_image(data_imgs), mask, affine)

@@ -13,7 +13,7 @@ from daskmask.image.resampling import grid_of, new_img_like
 from daskmask.masking._mean import reference_image
 from daskmask.masking._postprocess import post_process_mask
 from daskmask.masking._templates import check_mask_type, resample_template
-from daskmask.masking._validation import check_parameter_type
+from daskmask.masking._validation import check_morphology_parameters, check_parameter_type
 
 __all__ = ["brain_mask_from_grid", "compute_brain_mask"]
 
@@ -61,8 +61,7 @@ def brain_mask_from_grid(
 
 def _check_brain_parameters(threshold: Any, connected: Any, opening: Any) -> None:
     check_parameter_type(threshold, (float, int, np.floating, np.integer), "threshold")
-    check_parameter_type(connected, (bool,), "connected", accept_bool=True)
-    check_parameter_type(opening, (bool, int, np.integer), "opening", accept_bool=True)
+    check_morphology_parameters(connected, opening)
 
 
 def compute_brain_mask(

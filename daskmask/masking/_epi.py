@@ -9,10 +9,9 @@ import nibabel as nib
 import numpy as np
 
 from daskmask._logging import log
-from daskmask.image.resampling import new_img_like
-from daskmask.masking._mean import mean_volume, open_image, prepare_mean, reference_image
+from daskmask.masking._mean import mask_img_from_time_mean, prepare_mean
 from daskmask.masking._postprocess import post_process_mask
-from daskmask.masking._validation import check_parameter_type
+from daskmask.masking._validation import check_morphology_parameters, check_parameter_type
 
 __all__ = ["check_epi_parameters", "compute_epi_mask", "epi_mask_from_mean", "epi_threshold"]
 
@@ -32,8 +31,7 @@ def check_epi_parameters(
     """
     check_parameter_type(lower_cutoff, (float, np.floating), "lower_cutoff")
     check_parameter_type(upper_cutoff, (float, np.floating), "upper_cutoff")
-    check_parameter_type(connected, (bool,), "connected", accept_bool=True)
-    check_parameter_type(opening, (bool, int, np.integer), "opening", accept_bool=True)
+    check_morphology_parameters(connected, opening)
 
 
 def epi_threshold(
@@ -189,11 +187,9 @@ def compute_epi_mask(
     """
     check_epi_parameters(lower_cutoff, upper_cutoff, connected, opening)
     log("EPI mask computation", verbose)
-    data = open_image(epi_img)
-    mean = mean_volume(data)
-    mask, affine = epi_mask_from_mean(
-        mean,
-        data.attrs["affine"],
+    return mask_img_from_time_mean(
+        epi_img,
+        epi_mask_from_mean,
         lower_cutoff=lower_cutoff,
         upper_cutoff=upper_cutoff,
         connected=connected,
@@ -203,4 +199,3 @@ def compute_epi_mask(
         target_affine=target_affine,
         target_shape=target_shape,
     )
-    return new_img_like(reference_image(epi_img), mask, affine)

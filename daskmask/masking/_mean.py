@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dask
@@ -26,7 +26,19 @@ from daskmask.image._grid import check_resampling_inputs, needs_resampling, plan
 from daskmask.image._smoothing import smooth_array
 from daskmask.image.resampling import new_img_like, resample_volume
 
-__all__ = ["mean_img", "mean_volume", "mean_volumes", "prepare_mean"]
+__all__ = [
+    "MaskFromMean",
+    "mask_img_from_time_mean",
+    "masks_from_time_means",
+    "mean_img",
+    "mean_volume",
+    "mean_volumes",
+    "prepare_mean",
+]
+
+#: ``mask_from_mean(mean, affine, **parameters) -> (mask, affine)``, as
+#: :func:`~daskmask.masking.epi_mask_from_mean`.
+MaskFromMean = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def open_image(img: Any) -> xr.DataArray:
@@ -221,6 +233,62 @@ def mean_volume(data: xr.DataArray) -> np.ndarray:
 
     """
     return mean_volumes([data])[0]
+
+
+def masks_from_time_means(
+    imgs: Sequence[Any], mask_from_mean: MaskFromMean, **parameters: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Compute one mask per run from its mean over time.
+
+    The means of all the runs are computed in one ``dask.compute`` call
+    (see :func:`mean_volumes`), then ``mask_from_mean`` turns each into a mask.
+
+    Parameters
+    ----------
+    imgs : sequence
+        One element per run: anything :func:`open_image` accepts.
+    mask_from_mean : callable
+        ``mask_from_mean(mean, affine, **parameters)`` returning a 3-D mask and
+        its 4x4 affine, e.g. :func:`~daskmask.masking.epi_mask_from_mean`.
+    **parameters
+        Passed on to ``mask_from_mean``.
+
+    Returns
+    -------
+    list of tuple of numpy.ndarray
+        One ``(mask, affine)`` pair per run.
+
+    """
+    runs = [open_image(img) for img in imgs]
+    means = mean_volumes(runs)
+    return [
+        mask_from_mean(mean, run.attrs["affine"], **parameters)
+        for mean, run in zip(means, runs, strict=True)
+    ]
+
+
+def mask_img_from_time_mean(
+    img: Any, mask_from_mean: MaskFromMean, **parameters: Any
+) -> nib.Nifti1Image:
+    """Compute the mask image of one run from its mean over time.
+
+    Parameters
+    ----------
+    img : path, glob, list of paths, nibabel image or xarray.DataArray
+        3-D or 4-D run; a list of 3-D images is stacked in time.
+    mask_from_mean : callable
+        See :func:`masks_from_time_means`.
+    **parameters
+        Passed on to ``mask_from_mean``.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        uint8 3-D mask, with the header of ``img`` when it has one.
+
+    """
+    [(mask, affine)] = masks_from_time_means([img], mask_from_mean, **parameters)
+    return new_img_like(reference_image(img), mask, affine)
 
 
 def prepare_mean(

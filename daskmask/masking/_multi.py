@@ -15,7 +15,7 @@ from daskmask.image.resampling import grid_of, new_img_like
 from daskmask.masking._background import background_mask_from_mean, check_background_parameters
 from daskmask.masking._brain import compute_brain_mask
 from daskmask.masking._epi import check_epi_parameters, epi_mask_from_mean
-from daskmask.masking._mean import mean_volumes, open_image, reference_image
+from daskmask.masking._mean import MaskFromMean, masks_from_time_means, reference_image
 from daskmask.masking._postprocess import largest_connected_component
 from daskmask.masking._validation import _load_image_data, load_mask_img
 
@@ -139,15 +139,19 @@ def _check_not_empty(imgs: Any) -> None:
         )
 
 
-def _intersect_computed(
-    masks: Sequence[tuple[np.ndarray, np.ndarray]],
-    first_img: Any,
+def _common_mask_from_time_means(
+    imgs: Sequence[Any],
+    mask_from_mean: MaskFromMean,
     threshold: float,
     connected: bool,
+    **parameters: Any,
 ) -> nib.Nifti1Image:
+    """Intersect the masks that ``mask_from_mean`` computes from each run's mean."""
+    _check_not_empty(imgs)
+    masks = masks_from_time_means(imgs, mask_from_mean, connected=connected, **parameters)
     _check_same_grid([(mask.shape, affine) for mask, affine in masks])
     common = intersect_mask_arrays([mask for mask, _ in masks], threshold, connected)
-    return new_img_like(reference_image(first_img), common, masks[0][1])
+    return new_img_like(reference_image(imgs[0]), common, masks[0][1])
 
 
 def compute_multi_epi_mask(
@@ -206,24 +210,18 @@ def compute_multi_epi_mask(
 
     """
     check_epi_parameters(lower_cutoff, upper_cutoff, connected, opening)
-    _check_not_empty(epi_imgs)
-    runs = [open_image(img) for img in epi_imgs]
-    means = mean_volumes(runs)
-    masks = [
-        epi_mask_from_mean(
-            mean,
-            run.attrs["affine"],
-            lower_cutoff=lower_cutoff,
-            upper_cutoff=upper_cutoff,
-            connected=connected,
-            opening=opening,
-            exclude_zeros=exclude_zeros,
-            target_affine=target_affine,
-            target_shape=target_shape,
-        )
-        for mean, run in zip(means, runs, strict=True)
-    ]
-    return _intersect_computed(masks, epi_imgs[0], threshold, connected)
+    return _common_mask_from_time_means(
+        epi_imgs,
+        epi_mask_from_mean,
+        threshold,
+        connected,
+        lower_cutoff=lower_cutoff,
+        upper_cutoff=upper_cutoff,
+        opening=opening,
+        exclude_zeros=exclude_zeros,
+        target_affine=target_affine,
+        target_shape=target_shape,
+    )
 
 
 def compute_multi_background_mask(
@@ -276,22 +274,16 @@ def compute_multi_background_mask(
 
     """
     check_background_parameters(border_size, connected, opening)
-    _check_not_empty(data_imgs)
-    runs = [open_image(img) for img in data_imgs]
-    means = mean_volumes(runs)
-    masks = [
-        background_mask_from_mean(
-            mean,
-            run.attrs["affine"],
-            border_size=border_size,
-            connected=connected,
-            opening=opening,
-            target_affine=target_affine,
-            target_shape=target_shape,
-        )
-        for mean, run in zip(means, runs, strict=True)
-    ]
-    return _intersect_computed(masks, data_imgs[0], threshold, connected)
+    return _common_mask_from_time_means(
+        data_imgs,
+        background_mask_from_mean,
+        threshold,
+        connected,
+        border_size=border_size,
+        opening=opening,
+        target_affine=target_affine,
+        target_shape=target_shape,
+    )
 
 
 def compute_multi_brain_mask(

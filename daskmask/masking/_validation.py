@@ -13,7 +13,12 @@ import xarray as xr
 from daskmask.exceptions import DimensionError
 from daskmask.image.resampling import _as_nibabel, new_img_like
 
-__all__ = ["binarize_mask_img", "check_parameter_type", "load_mask_img"]
+__all__ = [
+    "binarize_mask_img",
+    "check_morphology_parameters",
+    "check_parameter_type",
+    "load_mask_img",
+]
 
 _DOC_URL = "https://nilearn.github.io/stable/manipulating_images/input_output.html"
 
@@ -45,6 +50,26 @@ def check_parameter_type(
             for t in allowed
         )
         raise TypeError(f"'{name}' must be of type(s): '{names}'.\nGot: '{type(value).__name__}'")
+
+
+def check_morphology_parameters(connected: Any, opening: Any) -> None:
+    """Check the types of the clean-up parameters shared by the mask functions.
+
+    Parameters
+    ----------
+    connected : object
+        Must be a bool.
+    opening : object
+        Must be a bool or an int (the order of the opening).
+
+    Raises
+    ------
+    TypeError
+        For a parameter of the wrong type.
+
+    """
+    check_parameter_type(connected, (bool,), "connected", accept_bool=True)
+    check_parameter_type(opening, (bool, int, np.integer), "opening", accept_bool=True)
 
 
 def _is_image_like(img: Any) -> bool:

@@ -1,0 +1,247 @@
+"""The transform pipeline of NiftiMasker: input run -> cleaned signals, and back.
+
+Order of operations, as nilearn's NiftiMasker: high-variance confounds of the
+raw run (if asked), resampling of every volume to the mask's grid (cropped to
+the mask's bounding box, when the run is not already on it), smoothing,
+masking, then cleaning over voxel blocks and the output dtype. Every step is
+lazy: the result is one dask graph that reads the run once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from daskmask._hv_confounds import run_high_variance_confounds
+from daskmask._logging import describe_images, log
+from daskmask._provenance import input_provenance
+from daskmask._signals_array import signals_dataarray
+from daskmask.exceptions import DimensionError
+from daskmask.extraction import (
+    extract_signals,
+    output_dtype,
+    resample_volumes,
+    slab_volumes,
+    unmask,
+    unmask_to_file,
+)
+from daskmask.reading import open_nifti
+from daskmask.signal import clean
+
+if TYPE_CHECKING:
+    from daskmask.masker import NiftiMasker
+
+#: Parameters of the masker that go to ``signal.clean``.
+_CLEAN_PARAMETERS = (
+    "detrend",
+    "standardize",
+    "standardize_confounds",
+    "t_r",
+    "low_pass",
+    "high_pass",
+    "runs",
+)
+
+
+def crop_to_mask(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``mask`` to its bounding box plus one voxel, and shift the affine.
+
+    Resampling a run onto the cropped grid instead of the whole target grid
+    computes only the voxels that can be in the mask; the voxel order of the
+    mask is unchanged.
+    """
+    coords = np.nonzero(mask)
+    start = np.maximum(np.array([c.min() for c in coords]) - 1, 0)
+    stop = np.minimum(np.array([c.max() for c in coords]) + 2, mask.shape)
+    cropped = mask[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+    shifted = np.eye(4)
+    shifted[:3, :3] = affine[:3, :3]
+    shifted[:3, 3] = affine[:3, 3] + affine[:3, :3].dot(start)
+    return cropped, shifted
+
+
+def _target_dtype(requested: Any, pipeline_dtype: np.dtype) -> np.dtype | None:
+    """Output dtype of transform: the requested one, else the pipeline's.
+
+    ``"auto"`` means float32 for float signals (what cleaning produces);
+    nilearn picks int32 from the *input's* dtype, which truncates z-scores
+    of int16 runs to integers (a bug daskmask does not copy).
+    """
+    if requested is None:
+        return None
+    if isinstance(requested, str) and requested == "auto":
+        return np.dtype(np.int32 if pipeline_dtype.kind in "iu" else np.float32)
+    return np.dtype(requested)
+
+
+def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
+    """Open ``imgs`` in time chunks small enough for one task to stay in budget.
+
+    The budget is dask's ``array.chunk-size``; a read task holds one time
+    chunk plus its resampled/smoothed copy and its masked rows. A DataArray
+    the user opened keeps the chunks the user chose.
+    """
+    run = open_nifti(imgs)
+    if isinstance(imgs, xr.DataArray) or run.ndim != 4:
+        return run
+    copies = int(masker.smoothing_fwhm is not None)
+    copies += int(masker.target_affine is not None or masker.target_shape is not None)
+    volumes = slab_volumes(
+        run.shape[:3],
+        run.dtype,
+        masker.n_elements_,
+        output_dtype(run.dtype, "f"),
+        run.shape[3],
+        volume_copies=copies,
+    )
+    return open_nifti(imgs, chunks=volumes)
+
+
+def _all_confounds(masker: NiftiMasker, run: xr.DataArray, confounds: Any) -> Any:
+    """High-variance confounds first, then the user's (a list is extended)."""
+    if not masker.high_variance_confounds:
+        return confounds
+    combined: list[Any] = [run_high_variance_confounds(run)]
+    if confounds is not None:
+        combined.extend(confounds if isinstance(confounds, list) else [confounds])
+    return combined
+
+
+def extract_and_clean(
+    masker: NiftiMasker, imgs: Any, confounds: Any = None, sample_mask: Any = None
+) -> xr.DataArray:
+    """Return the lazy cleaned signals of ``imgs`` under ``masker``'s fitted mask."""
+    if masker.standardize is True:
+        warnings.warn(
+            "standardize=True is deprecated (as in nilearn 0.15): use 'zscore_sample'.",
+            FutureWarning,
+            stacklevel=4,
+        )
+    description = describe_images(imgs, masker.verbose)
+    if description is not None:
+        log(f"Loading data from {description}", masker.verbose)
+    run = _open_in_budget_slabs(masker, imgs)
+    if run.ndim not in (3, 4):
+        raise DimensionError(
+            f"Input data has incompatible dimensionality: expected a 3D or 4D image, "
+            f"got {run.ndim}D of shape {run.shape}."
+        )
+    single_volume = run.ndim == 3
+    run_affine = np.asarray(run.attrs["affine"], dtype=float)
+    all_confounds = _all_confounds(masker, run, confounds)
+
+    mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
+    mask_affine = np.asarray(masker.mask_img_.affine, dtype=float)
+    values = run.data
+    if run.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
+        warnings.warn(
+            "imgs are being resampled to the mask_img resolution. This process is "
+            "memory intensive. You might want to provide a target_affine that is equal "
+            "to the affine of the imgs or resample the mask beforehand to save memory "
+            "and computation time.",
+            UserWarning,
+            stacklevel=4,
+        )
+        mask, mask_affine = crop_to_mask(mask, mask_affine)
+        log("Resampling images", masker.verbose)
+        values = resample_volumes(values, run_affine, mask_affine, mask.shape)
+    if masker.smoothing_fwhm is not None:
+        log("Smoothing images", masker.verbose)
+    log("Extracting region signals", masker.verbose)
+    signals = extract_signals(
+        values, mask, affine=mask_affine, smoothing_fwhm=masker.smoothing_fwhm
+    )
+
+    log("Cleaning extracted signals", masker.verbose)
+    clean_kwargs = {name: getattr(masker, name) for name in _CLEAN_PARAMETERS}
+    # Booleans mean what nilearn 0.15 will spell 'zscore_sample' and None; mapping
+    # them here spares users nilearn's warning on every transform with the default.
+    if isinstance(masker.standardize, bool):
+        clean_kwargs["standardize"] = "zscore_sample" if masker.standardize else None
+    as_rows = signals[np.newaxis, :] if single_volume else signals
+    cleaned = clean(
+        as_rows,
+        confounds=all_confounds,
+        sample_mask=sample_mask,
+        **clean_kwargs,
+        **masker.clean_args_,
+    )
+    if single_volume:
+        cleaned = cleaned[0]
+    target = _target_dtype(masker.dtype, cleaned.dtype)
+    if target is not None:
+        cleaned = cleaned.astype(target)
+
+    time = None if single_volume else _kept_times(run, sample_mask, cleaned.shape[0])
+    full_mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
+    return signals_dataarray(
+        cleaned,
+        full_mask,
+        np.asarray(masker.mask_img_.affine, dtype=float),
+        time=time,
+        masker_params=masker.get_params(),
+        provenance=input_provenance(run),
+        mean_image=run.data.mean(axis=-1, dtype=np.float64) if not single_volume else run.data,
+        mean_image_affine=run_affine,
+    )
+
+
+def _kept_times(run: xr.DataArray, sample_mask: Any, n_kept: int) -> np.ndarray:
+    """Time coordinate of the volumes left after scrubbing (``sample_mask``)."""
+    times = np.asarray(run["time"]) if "time" in run.coords else np.arange(run.shape[-1])
+    if n_kept == times.size:
+        return times
+    if sample_mask is not None and not isinstance(sample_mask, (list, tuple)):
+        kept = times[np.asarray(sample_mask)]
+        if kept.size == n_kept:
+            return kept
+    # Leading/trailing censored volumes were dropped (no extrapolation).
+    return np.arange(n_kept)
+
+
+def _signals_values(X: Any) -> Any:
+    """Return the array inside ``X``: a store's or a DataArray's signals, or X itself."""
+    signals = getattr(X, "signals", None)
+    if isinstance(signals, xr.DataArray):
+        X = signals
+    if isinstance(X, xr.DataArray):
+        return X.data
+    if hasattr(X, "to_numpy") and not isinstance(X, (np.ndarray, da.Array)):
+        return X.to_numpy()  # pandas / polars
+    return X if isinstance(X, da.Array) else np.asarray(X)
+
+
+def signals_to_image(masker: NiftiMasker, X: Any, filename: Any = None) -> nib.Nifti1Image:
+    """Unmask ``X`` onto ``masker``'s mask grid (``inverse_transform``)."""
+    values = _signals_values(X)
+    if values.ndim == 2 and values.shape[0] == 1 and values.shape[1] != masker.n_elements_:
+        values = values[0]
+    if values.ndim > 2:
+        raise DimensionError(
+            f"inverse_transform takes 1D (n_voxels,) or 2D (n_time, n_voxels) signals; "
+            f"got shape {values.shape}."
+        )
+    if values.shape[-1] != masker.n_elements_:
+        expected = (masker.n_elements_,) if values.ndim == 1 else ("n_time", masker.n_elements_)
+        raise ValueError(
+            "Input to 'inverse_transform' has wrong shape.\n"
+            f"Expected {expected}.\nGot {tuple(values.shape)}."
+        )
+    if values.dtype == bool:
+        target = np.dtype(np.int32) if masker.dtype is None else np.dtype(masker.dtype)
+        warnings.warn(f"Casting boolean input to {target}", UserWarning, stacklevel=4)
+        values = values.astype(target)
+    target = _target_dtype(masker.dtype, values.dtype)
+    if target is not None:
+        values = values.astype(target)
+    log("Computing image from signals", masker.verbose)
+    if filename is not None:
+        return nib.load(unmask_to_file(values, masker.mask_img_, filename))
+    if isinstance(values, da.Array):
+        values = values.compute()
+    return unmask(values, masker.mask_img_)

@@ -1,0 +1,442 @@
+"""Masked ``(time, voxel)`` signals from lazily read time slabs, in voxel blocks.
+
+Stage 1 maps one task over each time chunk: the slab ``(x, y, z, t)`` becomes
+``(t, n_voxels)`` in nilearn's voxel order (C order of ``np.nonzero(mask)``).
+The reorganisation into ``(all time, voxel_block)`` blocks then follows an
+:class:`~daskmask.extraction._plan.ExtractionPlan`: an in-graph rechunk for
+runs that fit in the byte budget, or a temporary Zarr store otherwise
+(see :mod:`daskmask.extraction._store` for its lifetime).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from numpy.typing import DTypeLike
+
+from daskmask.extraction import _store
+from daskmask.extraction._plan import (
+    ExtractionPlan,
+    StrategyRequest,
+    plan_extraction,
+    plan_slab_volumes,
+    resolve_block_bytes,
+)
+from daskmask.extraction._volumes import smooth_volumes, smoothed_dtype, whole_in_space
+
+FWHM = float | str | Sequence[float | None] | None
+
+
+def output_dtype(input_dtype: DTypeLike, dtype: DTypeLike | Literal["f"] = "f") -> np.dtype:
+    """Return the dtype of masked signals, by nilearn's ``apply_mask`` rules.
+
+    Parameters
+    ----------
+    input_dtype : dtype-like
+        Dtype of the image data (after scaling).
+    dtype : dtype-like or "f", default="f"
+        ``"f"``: float input keeps its dtype, anything else becomes float32.
+        Otherwise the requested dtype.
+
+    Returns
+    -------
+    numpy.dtype
+        Native byte order.
+
+    """
+    input_dtype = np.dtype(input_dtype)
+    if isinstance(dtype, str) and dtype == "f":
+        chosen = input_dtype if input_dtype.kind == "f" else np.dtype(np.float32)
+    else:
+        chosen = np.dtype(dtype)
+    return chosen.newbyteorder("=")
+
+
+def flat_fortran_index(mask: np.ndarray) -> np.ndarray:
+    """Return the Fortran-order flat indices of the mask's voxels, in C order.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        3D boolean mask.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 indices ``i + nx * (j + ny * k)`` for ``(i, j, k)`` in the order
+        of ``np.nonzero(mask)`` (nilearn's feature order), i.e. positions in
+        a volume stored as NIfTI stores it.
+
+    """
+    i, j, k = np.nonzero(np.asarray(mask, dtype=bool))
+    nx, ny, _ = mask.shape
+    return (i + nx * (j + ny * k.astype(np.int64))).astype(np.int64)
+
+
+def _gather(
+    slab: np.ndarray, index: np.ndarray, out_dtype: np.dtype, ensure_finite: bool
+) -> np.ndarray:
+    """``(x, y, z, t)`` slab -> C-contiguous ``(t, n_voxels)`` masked rows."""
+    n_time = slab.shape[3]
+    # (t, x*y*z) with x fastest: a view for the Fortran-ordered slabs NIfTI gives.
+    rows = slab.reshape(-1, n_time, order="F").T
+    masked = rows[:, index].astype(out_dtype, copy=False)
+    if ensure_finite and masked.dtype.kind in "fc":
+        masked[~np.isfinite(masked)] = 0
+    return np.ascontiguousarray(masked)
+
+
+def mask_slabs(
+    data: da.Array,
+    mask: np.ndarray,
+    out_dtype: np.dtype,
+    ensure_finite: bool = True,
+) -> da.Array:
+    """Mask every time chunk of a 4D run: one task per chunk (stage 1).
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        ``(x, y, z, time)`` run on the mask's grid.
+    mask : numpy.ndarray
+        3D boolean mask of the same spatial shape.
+    out_dtype : numpy.dtype
+        Dtype of the result (the cast follows the masking, which gives the
+        same values as casting first).
+    ensure_finite : bool, default=True
+        Replace NaN and infinite values by 0.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(time, n_voxels)``, the time chunks of ``data``, one voxel chunk.
+
+    """
+    data = whole_in_space(data)
+    index = flat_fortran_index(mask)
+    index_array = da.from_array(index, chunks=-1, name="daskmask-mask-index-" + tokenize(index))
+    return da.blockwise(
+        _gather,
+        "tv",
+        data,
+        "xyzt",
+        index_array,
+        "w",
+        new_axes={"v": index.size},
+        concatenate=True,
+        out_dtype=out_dtype,
+        ensure_finite=ensure_finite,
+        dtype=out_dtype,
+        meta=np.empty((0, 0), dtype=out_dtype),
+    )
+
+
+def _regular_time_chunks(masked: da.Array) -> da.Array:
+    """Rechunk along time if needed so that all chunks but the last are equal."""
+    chunks = masked.chunks[0]
+    if len(set(chunks[:-1])) <= 1 and (len(chunks) < 2 or chunks[-1] <= chunks[0]):
+        return masked
+    return masked.rechunk({0: max(chunks)})
+
+
+def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
+    """Reorganise ``(time slab, all voxels)`` chunks into ``(all time, voxel_block)`` blocks.
+
+    Parameters
+    ----------
+    masked : dask.array.Array
+        ``(time, voxel)`` array with one chunk along voxels (from :func:`mask_slabs`).
+    plan : ExtractionPlan
+        The strategy and block size.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy ``(time, voxel)`` array chunked ``((n_timepoints,), plan.voxel_chunks)``.
+        With the intermediate strategy its graph is one preparation task, one
+        write per time chunk, a barrier and one read per voxel block.
+
+    """
+    target = {0: -1, 1: plan.voxel_chunks}
+    if plan.strategy == "in-memory":
+        return masked.rechunk(target, method="tasks")
+    if masked.numblocks[1] != 1:
+        masked = masked.rechunk({1: -1})
+    masked = _regular_time_chunks(masked)
+    n_time, n_voxels = masked.shape
+    store = _store.TemporaryStore()
+    slab = max(masked.chunks[0]) or 1
+    chunks = (slab, max(1, plan.voxel_block))
+    dtype = masked.dtype.str
+    token = tokenize(masked.name, plan, store.root)
+    prepare = "daskmask-intermediate-prepare-" + token
+    write = "daskmask-intermediate-write-" + token
+    gate = "daskmask-intermediate-barrier-" + token
+    name = "daskmask-voxel-blocks-" + token
+    shape = (n_time, n_voxels)
+    graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, chunks, dtype)}
+    starts = np.cumsum((0, *masked.chunks[0][:-1]))
+    for position, key in enumerate(masked.__dask_keys__()):
+        graph[(write, position)] = (_store.write_rows, key[0], prepare, int(starts[position]))
+    graph[gate] = (_store.barrier, prepare, [(write, p) for p in range(len(starts))])
+    voxel_chunks = plan.voxel_chunks
+    edges = np.cumsum((0, *voxel_chunks))
+    for block in range(len(voxel_chunks)):
+        graph[(name, 0, block)] = (
+            _store.read_columns,
+            gate,
+            int(edges[block]),
+            int(edges[block + 1]),
+            store.root,
+            block,
+            len(voxel_chunks),
+        )
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=[masked])
+    return da.Array(
+        layers, name, chunks=((n_time,), voxel_chunks), meta=np.empty((0, 0), masked.dtype)
+    )
+
+
+def slab_volumes(
+    volume_shape: Sequence[int],
+    input_dtype: DTypeLike,
+    n_voxels: int,
+    out_dtype: DTypeLike,
+    n_timepoints: int,
+    block_bytes: int | str | None = None,
+    *,
+    volume_copies: int = 0,
+) -> int:
+    """Return how many volumes per time chunk keep a stage-1 task within the budget.
+
+    Open the run with ``open_nifti(path, chunks=slab_volumes(...))`` so that
+    every read task, and every stage-1 task, stays within ``block_bytes``.
+
+    Parameters
+    ----------
+    volume_shape : sequence of 3 int
+        Spatial shape of the run.
+    input_dtype : dtype-like
+        Dtype of the data as read.
+    n_voxels : int
+        Voxels in the mask.
+    out_dtype : dtype-like
+        Dtype of the masked signals.
+    n_timepoints : int
+        Length of the run.
+    block_bytes : int, str or None, default=None
+        Budget; None means dask's ``array.chunk-size``.
+    volume_copies : int, default=0
+        Whole-volume float copies a task makes per time point (1 with
+        smoothing, 1 more with resampling).
+
+    Returns
+    -------
+    int
+        Volumes per chunk, at least 1.
+
+    """
+    volume = int(np.prod(volume_shape))
+    in_size, out_size = np.dtype(input_dtype).itemsize, np.dtype(out_dtype).itemsize
+    per_timepoint = (
+        volume * in_size
+        + volume_copies * volume * max(out_size, 4)
+        + n_voxels * (in_size + 2 * out_size)
+    )
+    return plan_slab_volumes(n_timepoints, per_timepoint, resolve_block_bytes(block_bytes))
+
+
+def extract_signals(
+    data: xr.DataArray | da.Array,
+    mask: np.ndarray,
+    *,
+    affine: np.ndarray | None = None,
+    dtype: DTypeLike | Literal["f"] = "f",
+    smoothing_fwhm: FWHM = None,
+    ensure_finite: bool = True,
+    block_bytes: int | str | None = None,
+    strategy: StrategyRequest = "auto",
+    voxel_block: int | None = None,
+) -> da.Array:
+    """Extract masked signals from a lazily read run already on the mask's grid.
+
+    Parameters
+    ----------
+    data : xarray.DataArray or dask.array.Array
+        ``(x, y, z, time)`` run (or a 3D volume) as
+        :func:`daskmask.reading.open_nifti` gives it. Its time chunks bound
+        the memory of stage 1 (see :func:`slab_volumes`).
+    mask : numpy.ndarray
+        3D boolean mask with the spatial shape of ``data``.
+    affine : numpy.ndarray or None, default=None
+        Affine of ``data`` (needed for smoothing); None reads
+        ``data.attrs["affine"]``.
+    dtype : dtype-like or "f", default="f"
+        Output dtype; see :func:`output_dtype`.
+    smoothing_fwhm : float, sequence of 3, "fast" or None, default=None
+        Gaussian smoothing of every volume before masking (implies
+        ``ensure_finite``).
+    ensure_finite : bool, default=True
+        Replace non-finite values by 0.
+    block_bytes : int, str or None, default=None
+        Memory budget of one task; None means dask's ``array.chunk-size``.
+    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
+        See :func:`~daskmask.extraction._plan.plan_extraction`.
+    voxel_block : int or None, default=None
+        Voxels per output block; None: as many as fit in ``block_bytes``.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy ``(time, voxel)`` array chunked ``((n_time,), voxel blocks)``;
+        ``(voxel,)`` for a 3D ``data``.
+
+    Raises
+    ------
+    ValueError
+        If the spatial shapes of ``data`` and ``mask`` differ.
+
+    """
+    if isinstance(data, xr.DataArray):
+        if affine is None and "affine" in data.attrs:
+            affine = np.asarray(data.attrs["affine"], dtype=float)
+        data = data.data
+    if not isinstance(data, da.Array):
+        data = da.asarray(data)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(data.shape[:3]):
+        raise ValueError(
+            f"Mask shape: {mask.shape!s}\n is different from img shape:{tuple(data.shape[:3])!s}"
+        )
+    single_volume = data.ndim == 3
+    if single_volume:
+        data = data[..., np.newaxis]
+    out_dtype = output_dtype(data.dtype, dtype)
+    if smoothing_fwhm is not None:
+        if affine is None:
+            raise ValueError("Smoothing needs the affine of the data; pass affine=.")
+        ensure_finite = True
+        data = data.astype(out_dtype) if out_dtype.kind in "fc" else data
+        data = smooth_volumes(data, np.asarray(affine)[:3, :3], smoothing_fwhm, ensure_finite)
+        if smoothed_dtype(data.dtype) != out_dtype and out_dtype.kind not in "fc":
+            warnings.warn(
+                f"Smoothed signals are cast to the requested integer dtype {out_dtype}.",
+                stacklevel=2,
+            )
+    masked = mask_slabs(data, mask, out_dtype, ensure_finite)
+    if single_volume:
+        return masked[0].rechunk(-1) if voxel_block is None else masked[0].rechunk(voxel_block)
+    plan = plan_extraction(
+        masked.shape[0],
+        masked.chunks[0],
+        masked.shape[1],
+        out_dtype.itemsize,
+        block_bytes,
+        strategy=strategy,
+        voxel_block=voxel_block,
+    )
+    return to_voxel_blocks(masked, plan)
+
+
+def apply_mask(
+    imgs: Any,
+    mask_img: Any,
+    dtype: DTypeLike | Literal["f"] = "f",
+    smoothing_fwhm: FWHM = None,
+    ensure_finite: bool = True,
+    *,
+    block_bytes: int | str | None = None,
+    strategy: StrategyRequest = "auto",
+    voxel_block: int | None = None,
+) -> da.Array:
+    """Extract signals from images within a mask, lazily, as ``nilearn.masking.apply_mask``.
+
+    Parameters
+    ----------
+    imgs : path, glob, nibabel image, DataArray or list of them
+        Anything :func:`daskmask.reading.open_nifti` reads: a 4D run, a 3D
+        volume or a list of them (concatenated along time).
+    mask_img : path, nibabel image or DataArray
+        3D mask with the field of view of ``imgs`` (validated as nilearn's
+        ``load_mask_img``).
+    dtype : dtype-like or "f", default="f"
+        ``"f"``: float data keep their dtype, integers become float32.
+    smoothing_fwhm : float, sequence of 3, "fast" or None, default=None
+        Gaussian smoothing in mm before masking; implies ``ensure_finite``.
+    ensure_finite : bool, default=True
+        Replace NaN and infinite values by 0.
+    block_bytes : int, str or None, default=None
+        Memory budget of one task (dask's ``array.chunk-size`` by default):
+        every read, stage-1 and stage-2 task stays within it.
+    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
+        Force a strategy (see :func:`~daskmask.extraction._plan.plan_extraction`).
+    voxel_block : int or None, default=None
+        Voxels per output block.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy ``(n_images, n_voxels)`` array (``(n_voxels,)`` for a 3D image),
+        chunked ``((n_images,), voxel blocks)``; ``np.asarray`` of it equals
+        nilearn's result, dtype included.
+
+    Raises
+    ------
+    ValueError
+        If the affines of the images and the mask differ (``numpy.allclose``),
+        their shapes differ, or the mask is invalid.
+
+    Notes
+    -----
+    With ``smoothing_fwhm`` and an explicit integer ``dtype``, nilearn
+    silently skips the smoothing (its in-place smoothing cannot convert the
+    integer array); daskmask smooths in floating point and casts the result.
+
+    """
+    from daskmask.masking import load_mask_img
+    from daskmask.reading import open_nifti
+
+    mask, mask_affine = load_mask_img(mask_img)
+    run = open_nifti(imgs)
+    affine = np.asarray(run.attrs["affine"], dtype=float)
+    if not np.allclose(mask_affine, affine):
+        raise ValueError(f"Mask affine:\n{mask_affine}\n is different from img affine:\n{affine}")
+    if mask.shape != tuple(run.shape[:3]):
+        raise ValueError(
+            f"Mask shape: {mask.shape!s}\n is different from img shape:{tuple(run.shape[:3])!s}"
+        )
+    if run.ndim == 4:
+        out_dtype = output_dtype(run.dtype, dtype)
+        volumes = slab_volumes(
+            run.shape[:3],
+            run.dtype,
+            int(mask.sum()),
+            out_dtype,
+            run.shape[3],
+            block_bytes,
+            volume_copies=0 if smoothing_fwhm is None else 1,
+        )
+        if max(run.chunks[3]) > volumes:
+            run = (
+                run.chunk({"time": volumes})
+                if isinstance(imgs, xr.DataArray)
+                else (open_nifti(imgs, chunks=volumes))
+            )
+    return extract_signals(
+        run,
+        mask,
+        affine=affine,
+        dtype=dtype,
+        smoothing_fwhm=smoothing_fwhm,
+        ensure_finite=ensure_finite,
+        block_bytes=block_bytes,
+        strategy=strategy,
+        voxel_block=voxel_block,
+    )

@@ -1,0 +1,272 @@
+"""Plan the reorganisation of masked time slabs into voxel blocks (pure, no I/O).
+
+NIfTI runs are read as time slabs ``(x, y, z, t_chunk)``; signal cleaning
+needs whole time series, i.e. blocks ``(all time, voxel_block)``. Every voxel
+block depends on every time slab, so the transpose is an all-to-all exchange.
+This module decides, from sizes alone, how to do it within a byte budget:
+
+``"in-memory"``
+    The whole masked run fits in the budget: dask rechunks it in the graph
+    (the rechunk holds every slab until every block has its piece, so its
+    memory is the whole run).
+``"intermediate"``
+    Otherwise: stage 1 writes each masked slab into a temporary Zarr array
+    chunked ``(t_chunk, voxel_block)``; stage 2 reads one
+    ``(all time, voxel_block)`` block per task. Each task then holds one slab
+    or one block, never the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from daskmask.reading._chunks import default_chunk_bytes
+
+Strategy = Literal["in-memory", "intermediate"]
+StrategyRequest = Literal["auto", "in-memory", "intermediate"]
+
+_STRATEGIES = ("auto", "in-memory", "intermediate")
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """How masked time slabs become ``(all time, voxel_block)`` blocks.
+
+    Built by :func:`plan_extraction`; consumed by the executors of
+    :mod:`daskmask.extraction._apply_mask`.
+    """
+
+    #: ``"in-memory"`` (dask rechunk in the graph) or ``"intermediate"`` (Zarr).
+    strategy: Strategy
+    #: Number of time points of the run.
+    n_timepoints: int
+    #: Number of voxels in the mask.
+    n_voxels: int
+    #: Bytes per value of the masked signals.
+    itemsize: int
+    #: Chunks along time of the masked slabs (stage 1), summing to ``n_timepoints``.
+    time_chunks: tuple[int, ...]
+    #: Voxels per output block (the last block holds the remainder).
+    voxel_block: int
+    #: The byte budget the plan was made for.
+    block_bytes: int
+
+    @property
+    def voxel_chunks(self) -> tuple[int, ...]:
+        """Chunks along the voxel axis of the result."""
+        return split_evenly(self.n_voxels, self.voxel_block)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of voxel blocks (stage-2 tasks)."""
+        return len(self.voxel_chunks)
+
+    @property
+    def run_bytes(self) -> int:
+        """Bytes of the whole masked run."""
+        return self.n_timepoints * self.n_voxels * self.itemsize
+
+    @property
+    def block_nbytes(self) -> int:
+        """Bytes of the largest output block ``(n_timepoints, voxel_block)``."""
+        return self.n_timepoints * min(self.voxel_block, self.n_voxels) * self.itemsize
+
+    @property
+    def intermediate_chunks(self) -> tuple[int, int]:
+        """Chunk shape of the Zarr intermediate: ``(time slab, voxel_block)``."""
+        return (max(self.time_chunks, default=1) or 1, max(1, self.voxel_block))
+
+
+def split_evenly(total: int, block: int) -> tuple[int, ...]:
+    """Split ``total`` into blocks of ``block`` plus a remainder.
+
+    Parameters
+    ----------
+    total : int
+        Length to split (0 gives ``(0,)``).
+    block : int
+        Block length, at least 1.
+
+    Returns
+    -------
+    tuple of int
+        ``(block, ..., block, remainder)``; sums to ``total``.
+
+    """
+    if total == 0:
+        return (0,)
+    n_full, remainder = divmod(total, block)
+    return (block,) * n_full + ((remainder,) if remainder else ())
+
+
+def resolve_block_bytes(block_bytes: int | str | None) -> int:
+    """Return the byte budget: ``block_bytes`` parsed, or dask's ``array.chunk-size``.
+
+    Parameters
+    ----------
+    block_bytes : int, str or None
+        Bytes, a size string such as ``"32MiB"``, or None for dask's default.
+
+    Returns
+    -------
+    int
+        A positive number of bytes.
+
+    Raises
+    ------
+    ValueError
+        If the budget is not positive or cannot be parsed.
+    TypeError
+        If it is of another type.
+
+    """
+    from dask.utils import parse_bytes
+
+    if block_bytes is None:
+        return default_chunk_bytes()
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int | str):
+        raise TypeError(
+            f"block_bytes must be a number of bytes (int), a size string such as '64MiB' "
+            f"or None; got {type(block_bytes).__name__}."
+        )
+    n_bytes = int(parse_bytes(block_bytes)) if isinstance(block_bytes, str) else block_bytes
+    if n_bytes <= 0:
+        raise ValueError(f"block_bytes must be positive; got {block_bytes!r}.")
+    return n_bytes
+
+
+def plan_slab_volumes(n_timepoints: int, bytes_per_timepoint: int, block_bytes: int) -> int:
+    """Return how many volumes a stage-1 slab may hold within the budget.
+
+    Parameters
+    ----------
+    n_timepoints : int
+        Length of the run.
+    bytes_per_timepoint : int
+        Working memory of one time point in a stage-1 task (the volume as
+        read, its float copy when smoothing or resampling, its masked row).
+    block_bytes : int
+        Byte budget per task.
+
+    Returns
+    -------
+    int
+        Between 1 and ``max(n_timepoints, 1)``.
+
+    """
+    per_slab = block_bytes // max(1, bytes_per_timepoint)
+    return max(1, min(int(per_slab), max(n_timepoints, 1)))
+
+
+def plan_extraction(
+    n_timepoints: int,
+    time_chunks: Sequence[int],
+    n_voxels: int,
+    itemsize: int,
+    block_bytes: int | str | None = None,
+    *,
+    strategy: StrategyRequest = "auto",
+    voxel_block: int | None = None,
+) -> ExtractionPlan:
+    """Choose the voxel block size and the strategy of the time-to-voxel reorganisation.
+
+    Parameters
+    ----------
+    n_timepoints : int
+        Number of time points.
+    time_chunks : sequence of int
+        Chunks along time of the masked slabs (summing to ``n_timepoints``).
+    n_voxels : int
+        Number of voxels in the mask.
+    itemsize : int
+        Bytes per value of the masked signals.
+    block_bytes : int, str or None, default=None
+        Byte budget of one task; None means ``dask.config.get("array.chunk-size")``.
+    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
+        ``"auto"`` picks ``"in-memory"`` when the whole masked run fits in
+        ``block_bytes`` and ``"intermediate"`` otherwise; the others force it.
+    voxel_block : int or None, default=None
+        Voxels per block; None chooses the largest block of ``n_timepoints``
+        values per voxel that fits in ``block_bytes`` (at least one voxel).
+
+    Returns
+    -------
+    ExtractionPlan
+        The plan.
+
+    Raises
+    ------
+    ValueError
+        For negative sizes, chunks that do not sum to ``n_timepoints``, an
+        unknown strategy or a non-positive ``voxel_block``.
+
+    """
+    budget = resolve_block_bytes(block_bytes)
+    time_chunks = tuple(int(size) for size in time_chunks)
+    if n_timepoints < 0 or n_voxels < 0 or itemsize <= 0:
+        raise ValueError(
+            f"Sizes must be non-negative (itemsize positive); got n_timepoints={n_timepoints}, "
+            f"n_voxels={n_voxels}, itemsize={itemsize}."
+        )
+    if sum(time_chunks) != n_timepoints or any(size < 0 for size in time_chunks):
+        raise ValueError(
+            f"time_chunks {time_chunks} must be non-negative and sum to n_timepoints="
+            f"{n_timepoints}."
+        )
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}.")
+    if voxel_block is None:
+        per_voxel = max(1, n_timepoints * itemsize)
+        voxel_block = max(1, min(max(n_voxels, 1), budget // per_voxel))
+    elif isinstance(voxel_block, bool) or int(voxel_block) <= 0:
+        raise ValueError(f"voxel_block must be a positive int; got {voxel_block!r}.")
+    voxel_block = int(voxel_block)
+    chosen: Strategy
+    if strategy == "auto":
+        fits = n_timepoints * n_voxels * itemsize <= budget
+        chosen = "in-memory" if fits or n_voxels == 0 or n_timepoints == 0 else "intermediate"
+    else:
+        chosen = strategy
+    return ExtractionPlan(
+        strategy=chosen,
+        n_timepoints=int(n_timepoints),
+        n_voxels=int(n_voxels),
+        itemsize=int(itemsize),
+        time_chunks=time_chunks if time_chunks else (0,),
+        voxel_block=voxel_block,
+        block_bytes=budget,
+    )
+
+
+def n_stage_tasks(plan: ExtractionPlan) -> int:
+    """Return the number of tasks the intermediate strategy adds to a graph.
+
+    One preparation task, one write per time slab, one barrier and one read
+    per voxel block: ``O(time slabs + voxel blocks)``.
+
+    Parameters
+    ----------
+    plan : ExtractionPlan
+        The plan.
+
+    Returns
+    -------
+    int
+        Task count.
+
+    """
+    return 1 + len(plan.time_chunks) + 1 + plan.n_blocks
+
+
+__all__ = [
+    "ExtractionPlan",
+    "Strategy",
+    "StrategyRequest",
+    "n_stage_tasks",
+    "plan_extraction",
+    "plan_slab_volumes",
+    "resolve_block_bytes",
+    "split_evenly",
+]

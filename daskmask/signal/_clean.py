@@ -1,0 +1,352 @@
+"""Application of a :class:`CleanPlan` to numpy blocks and to dask arrays.
+
+Every step is column-wise, so a block of columns (voxels) with all its time
+points is cleaned independently of the others. The only exception is the
+``psc`` rule that adds the original mean back when the cleaned means have
+collapsed: it compares averages over *all* columns of a run, so the dask
+graph computes per-block sums first and finishes the blocks once the global
+decision is known.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskmask.signal._detrend import detrend
+from daskmask.signal._filters import apply_butterworth
+from daskmask.signal._plan import CleanPlan, RunPlan, make_plan
+from daskmask.signal._sample_mask import fill_censored
+from daskmask.signal._standardize import psc, standardize
+
+_PSC_COLLAPSE_RATIO = 0.1
+
+
+def _prepare(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """C-contiguous float copy of ``block``, non-finite values zeroed if asked."""
+    x = np.array(block, order="C", copy=True)
+    if plan.ensure_finite:
+        x[~np.isfinite(x)] = 0
+    return x.astype(plan.dtype, copy=False)
+
+
+def _clean_run(x: np.ndarray, run: RunPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Every step before standardization; also returns the original means."""
+    if run.filled is not None:
+        fill_censored(x, run.kept, run.filled, run.weights)
+    if run.span is not None:
+        x = x[run.span]
+    original_mean = x.mean(axis=0)
+    if run.detrend:
+        x = detrend(x, copy=False)
+    if run.sos is not None:
+        x = apply_butterworth(x, run.sos, run.padtype, run.padlen)
+    if run.censor is not None:
+        x = x[run.censor]
+    if run.basis is not None:
+        x -= run.basis @ (run.basis.T @ x)
+    return x, original_mean
+
+
+def _two_columns_at_least(func):
+    """Run ``func`` on a single column as if it were one of several.
+
+    numpy sums a C-ordered ``(n, k)`` array along axis 0 row after row, but a
+    single column pairwise, which rounds differently. A one-column block is
+    duplicated so that every block width gives the same numbers.
+    """
+
+    @functools.wraps(func)
+    def wrapper(block: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        if block.shape[1] != 1:
+            return func(block, *args, **kwargs)
+        return func(np.repeat(block, 2, axis=1), *args, **kwargs)[:, :1]
+
+    return wrapper
+
+
+@_two_columns_at_least
+def pre_standardize(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """Clean ``block`` up to standardization.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(plan.n_out + n_runs, n_columns)``: the cleaned samples of every run
+        followed by one row per run with the original (pre-detrend) means.
+
+    """
+    x = _prepare(block, plan)
+    cleaned, means = [], []
+    for run in plan.runs:
+        run_x, run_mean = _clean_run(np.ascontiguousarray(x[run.rows]), run)
+        cleaned.append(run_x)
+        means.append(run_mean)
+    return np.concatenate([*cleaned, np.stack(means)], axis=0)
+
+
+def psc_sums(pre: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """Per run: sum over columns of |cleaned mean| and of |original mean|.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(2 * n_runs, 1)``.
+
+    """
+    sums = []
+    start = 0
+    for i, run in enumerate(plan.runs):
+        cleaned_mean = pre[start : start + run.n_out].mean(axis=0)
+        start += run.n_out
+        original_mean = pre[plan.n_out + i]
+        sums.append(np.abs(cleaned_mean).sum(dtype=np.float64))
+        sums.append(np.abs(original_mean).sum(dtype=np.float64))
+    return np.asarray(sums, dtype=np.float64)[:, np.newaxis]
+
+
+def _collapsed(totals: np.ndarray) -> np.ndarray:
+    """Per run, whether the cleaning shrank the mean magnitude below 10 %."""
+    cleaned, original = totals[0::2], totals[1::2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return cleaned / original < _PSC_COLLAPSE_RATIO
+
+
+@_two_columns_at_least
+def finish(pre: np.ndarray, plan: CleanPlan, totals: np.ndarray | None = None) -> np.ndarray:
+    """Standardize the output of :func:`pre_standardize`.
+
+    ``totals`` (the column sums of :func:`psc_sums` over all blocks) is needed
+    for ``psc`` only.
+    """
+    collapsed = None if totals is None else _collapsed(np.ravel(totals))
+    out, start = [], 0
+    for i, run in enumerate(plan.runs):
+        x = pre[start : start + run.n_out]
+        start += run.n_out
+        if plan.standardize == "psc" and run.n_out > 1:
+            if collapsed[i]:
+                x = x + pre[plan.n_out + i]
+            x = psc(x)
+        else:
+            x = standardize(x, plan.standardize)
+        out.append(x)
+    return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
+
+
+def clean_block(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """Clean a whole ``(n_samples, n_columns)`` numpy array with ``plan``."""
+    pre = pre_standardize(block, plan)
+    totals = psc_sums(pre, plan) if plan.standardize == "psc" else None
+    return finish(pre, plan, totals)
+
+
+def _finish_psc(pre: np.ndarray, totals: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    return finish(pre, plan, totals)
+
+
+def clean_dask(signals: da.Array, plan: CleanPlan) -> da.Array:
+    """Lazy cleaning of a dask array, block of columns by block of columns.
+
+    The time axis is rechunked to one chunk; the column chunks are kept.
+    """
+    signals = signals.rechunk({0: -1})
+    n_runs = len(plan.runs)
+    # one graph key holds the plan: tasks refer to it instead of each
+    # carrying its arrays (spline weights, confound basis) to the workers
+    shared = dask.delayed(plan, pure=True)
+    meta = np.empty((0, 0), dtype=plan.dtype)
+    pre = signals.map_blocks(
+        pre_standardize,
+        plan=shared,
+        chunks=((plan.n_out + n_runs,), signals.chunks[1]),
+        dtype=plan.dtype,
+        meta=meta,
+    )
+    if plan.standardize != "psc":
+        return pre.map_blocks(
+            finish, plan=shared, chunks=((plan.n_out,), pre.chunks[1]), dtype=plan.dtype, meta=meta
+        )
+    sums = pre.map_blocks(
+        psc_sums,
+        plan=shared,
+        chunks=((2 * n_runs,), (1,) * pre.numblocks[1]),
+        dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )
+    totals = sums.sum(axis=1, keepdims=True).rechunk(-1)
+    return da.blockwise(
+        _finish_psc,
+        "tv",
+        pre,
+        "tv",
+        totals,
+        "su",
+        plan=shared,
+        adjust_chunks={"t": plan.n_out},
+        concatenate=True,
+        dtype=plan.dtype,
+        meta=meta,
+    )
+
+
+def clean(
+    signals: Any,
+    runs: Any = None,
+    detrend: bool = True,
+    standardize: Any = "zscore_sample",
+    sample_mask: Any = None,
+    confounds: Any = None,
+    standardize_confounds: bool = True,
+    filter: Any = "butterworth",
+    low_pass: float | None = None,
+    high_pass: float | None = None,
+    t_r: float | None = 2.5,
+    ensure_finite: bool = False,
+    extrapolate: bool = False,
+    **kwargs: Any,
+) -> np.ndarray | da.Array:
+    """Detrend, filter, regress out confounds and standardize time series.
+
+    Equal to ``nilearn.signal.clean`` (0.14.1) on numpy arrays, and lazy on
+    dask arrays: the arguments are validated and everything that does not
+    depend on the signals (confound basis, filter, scrubbing) is planned once;
+    then each block of columns is cleaned on its own with all its samples, so
+    memory stays bounded by one ``(n_samples, block)`` block.
+
+    Order of the steps in each run: fill censored samples by cubic spline
+    (Butterworth with ``sample_mask``) or drop them (cosine / no filter);
+    detrend; Butterworth filter, then drop the censored samples; project out
+    the confounds (processed identically); standardize.
+
+    Parameters
+    ----------
+    signals : numpy.ndarray or dask.array.Array
+        ``(n_samples, n_features)``; not modified. Integer input is converted
+        to float64 (8-byte integers) or float32 (others); floats keep their
+        dtype.
+    runs : array-like or None, default=None
+        Run label of every sample; each run is cleaned on its own and the
+        output stacks the runs in sorted label order.
+    detrend : bool, default=True
+        Remove the mean and linear trend (of signals and confounds).
+    standardize : {"zscore_sample", "psc", True, False, None}, default="zscore_sample"
+        ``"zscore_sample"``: centre and divide by the sample std (ddof=1);
+        ``"psc"``: percent signal change; None: nothing. ``True`` / ``False``
+        mean ``"zscore_sample"`` / None and raise a FutureWarning.
+    sample_mask : array-like, list of array-like or None, default=None
+        Kept samples, as indices or as a boolean mask (True = kept); one per
+        run (sorted label order) when ``runs`` is given.
+    confounds : array, DataFrame, str, path or list of those, default=None
+        ``(n_samples,)`` or ``(n_samples, n_confounds)`` arrays, DataFrames,
+        CSV / TSV / text files with an optional header line; lists are
+        stacked column-wise.
+    standardize_confounds : bool, default=True
+        z-score the confounds before the projection (else scale each by its
+        maximum absolute value).
+    filter : {"butterworth", "cosine", False}, default="butterworth"
+        Butterworth (zero-phase, ``low_pass`` and / or ``high_pass``), cosine
+        drift regressors added to the confounds (``high_pass`` only), or none.
+    low_pass, high_pass : float or None, default=None
+        Cutoff frequencies in Hz.
+    t_r : float or None, default=2.5
+        Repetition time in seconds (required to filter).
+    ensure_finite : bool, default=False
+        Replace NaN and infinite values of ``signals`` by 0 first.
+    extrapolate : bool, default=False
+        With Butterworth and ``sample_mask``: extrapolate censored samples
+        before the first / after the last kept one (otherwise they are
+        dropped before filtering).
+    **kwargs
+        ``butterworth__order`` (5), ``butterworth__padtype`` ("odd"),
+        ``butterworth__padlen`` (None) are passed to the filter; other keys
+        are ignored, as nilearn does.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        ``(n_kept_samples, n_features)``. A dask input gives a lazy dask
+        array with one chunk along time and the input's feature chunks.
+
+    Raises
+    ------
+    TypeError
+        Wrong type of an argument or of a confound.
+    ValueError
+        Invalid values, confounds of the wrong length / dimensions, filter
+        without ``t_r``, ``high_pass >= low_pass``, too few samples to
+        filter, bad ``sample_mask`` or ``runs``.
+    IndexError
+        A ``sample_mask`` too long or with an index past the end of its run.
+    FileNotFoundError
+        A confounds file does not exist.
+    AllVolumesRemovedError
+        A ``sample_mask`` keeps no sample (a ``ValueError``).
+
+    Notes
+    -----
+    Differences from nilearn 0.14.1, each on purpose:
+
+    - Censored samples are all filled by the spline. nilearn writes the
+      spline at the *mirrored* positions ``n - 1 - i`` of the kept samples
+      (it applies ``~`` to integer indices), so a censored sample whose
+      mirror is also censored keeps its raw value, and with
+      ``extrapolate=False`` leading / trailing censored samples may not be
+      dropped. Results agree whenever no censored sample has a censored
+      mirror.
+    - Samples dropped for lack of extrapolation are the censored ones outside
+      the kept span, not "rows that are all NaN" (nilearn also drops an input
+      sample that is NaN in every feature).
+    - With ``runs``, ``standardize_confounds``, ``extrapolate`` and the
+      ``butterworth__*`` options apply to every run (nilearn forgets them
+      and uses their defaults per run).
+    - An empty ``sample_mask`` raises :class:`AllVolumesRemovedError`; an
+      index equal to the run length raises the ``IndexError`` of an index
+      past the end (nilearn lets it through to a bare numpy error).
+    - A single-column confounds file is one confound (nilearn fails on it).
+    - The length error of a confounds file has the same message as for
+      arrays (nilearn's contains a stray newline and no final period).
+    - 1D ``signals`` raise a ``ValueError`` (nilearn: a bare IndexError).
+    - An unknown ``butterworth__`` option raises ``TypeError`` (as nilearn,
+      with another message).
+    - ``psc``: nilearn adds the original means back when the cleaned means
+      collapsed below 10 % of them *on average over all features*; this
+      global test is kept for equality, so on dask arrays the blocks wait for
+      the per-block sums of all blocks before their last step (memory is not
+      bounded by one block for ``psc``). Its "mean of 0" warning is emitted
+      by the tasks.
+    - The projection on the confounds is ``x - Q (Qᵀ x)`` rather than
+      ``x - (Q Qᵀ) x``: equal up to rounding, without an
+      ``n_samples x n_samples`` matrix.
+
+    """
+    if not isinstance(signals, (np.ndarray, da.Array)):
+        signals = np.asarray(signals)
+    if signals.ndim != 2:
+        raise ValueError(
+            f"signals must be a 2D array (n_samples, n_features); got {signals.ndim} dimension(s)."
+        )
+    plan = make_plan(
+        signals.shape[0],
+        signals.dtype,
+        runs=runs,
+        detrend=detrend,
+        standardize=standardize,
+        sample_mask=sample_mask,
+        confounds=confounds,
+        standardize_confounds=standardize_confounds,
+        filter=filter,
+        low_pass=low_pass,
+        high_pass=high_pass,
+        t_r=t_r,
+        ensure_finite=ensure_finite,
+        extrapolate=extrapolate,
+        **kwargs,
+    )
+    if isinstance(signals, da.Array):
+        return clean_dask(signals, plan)
+    return clean_block(signals, plan)

@@ -1,0 +1,44 @@
+"""Linear detrending of columns, as a projection on a centred ramp."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def linear_ramp(n_samples: int, dtype: np.dtype) -> np.ndarray:
+    """Centred ``arange(n_samples)`` of unit norm, in ``dtype``."""
+    ramp = np.arange(n_samples, dtype=dtype)
+    ramp -= ramp.mean()
+    norm = np.sqrt((ramp**2).sum())
+    if not norm < _EPS64:
+        ramp /= norm
+    return ramp
+
+
+def detrend(x: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Remove the mean and the linear trend of every column of ``x``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Float array ``(n_samples, n_features)``; with one sample it is
+        returned unchanged.
+    copy : bool
+        Work on a copy (otherwise ``x`` is modified in place).
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype as ``x``. Computed in ``x``'s dtype.
+
+    """
+    if copy:
+        x = x.copy()
+    if x.shape[0] == 1:
+        return x
+    x -= x.mean(axis=0)
+    ramp = linear_ramp(x.shape[0], x.dtype)
+    x -= np.dot(ramp, x) * ramp[:, np.newaxis]
+    return x

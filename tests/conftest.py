@@ -1,0 +1,24 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daskmask.datasets import generate_epi
+
+#: The larger-than-the-allowance run of the memory tests: 64x64x40 int16 volumes.
+BIG_RUN_SHAPE = (64, 64, 40)
+BIG_RUN_TIMEPOINTS = 8000
+
+
+@pytest.fixture(scope="session")
+def big_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2.6 GB generated raw EPI run (.nii), written once per test session."""
+    folder = tmp_path_factory.mktemp("big_run")
+    path = generate_epi(
+        folder / "big.nii", shape=BIG_RUN_SHAPE, n_timepoints=BIG_RUN_TIMEPOINTS, seed=3
+    )
+    yield path
+    path.unlink(missing_ok=True)

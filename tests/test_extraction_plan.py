@@ -1,0 +1,105 @@
+"""The pure planning of the time-slab to voxel-block reorganisation."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daskmask.extraction._plan import (
+    n_stage_tasks,
+    plan_extraction,
+    plan_slab_volumes,
+    resolve_block_bytes,
+    split_evenly,
+)
+
+
+@st.composite
+def runs(draw):
+    n_time = draw(st.integers(1, 5000))
+    slab = draw(st.integers(1, n_time))
+    time_chunks = split_evenly(n_time, slab)
+    n_voxels = draw(st.integers(1, 300_000))
+    itemsize = draw(st.sampled_from([1, 2, 4, 8]))
+    block_bytes = draw(st.integers(1, 2**31))
+    return n_time, time_chunks, n_voxels, itemsize, block_bytes
+
+
+@given(runs())
+def test_plan_blocks_cover_the_voxels_within_the_budget(run):
+    n_time, time_chunks, n_voxels, itemsize, block_bytes = run
+    plan = plan_extraction(n_time, time_chunks, n_voxels, itemsize, block_bytes)
+    assert sum(plan.voxel_chunks) == n_voxels
+    assert all(size == plan.voxel_block for size in plan.voxel_chunks[:-1])
+    assert 0 < plan.voxel_chunks[-1] <= plan.voxel_block
+    # A block fits the budget unless a single voxel's series is already bigger.
+    assert plan.block_nbytes <= block_bytes or plan.voxel_block == 1
+    # The largest block that fits: one more voxel would not fit.
+    if plan.voxel_block < n_voxels:
+        assert n_time * (plan.voxel_block + 1) * itemsize > block_bytes
+    assert plan.time_chunks == tuple(time_chunks)
+
+
+@given(runs())
+def test_strategy_is_in_memory_exactly_when_the_run_fits(run):
+    n_time, time_chunks, n_voxels, itemsize, block_bytes = run
+    plan = plan_extraction(n_time, time_chunks, n_voxels, itemsize, block_bytes)
+    fits = n_time * n_voxels * itemsize <= block_bytes
+    assert plan.strategy == ("in-memory" if fits else "intermediate")
+    if plan.strategy == "in-memory":
+        assert plan.n_blocks == 1
+
+
+@given(runs())
+def test_intermediate_graph_is_linear_in_chunks(run):
+    n_time, time_chunks, n_voxels, itemsize, block_bytes = run
+    plan = plan_extraction(n_time, time_chunks, n_voxels, itemsize, block_bytes)
+    assert n_stage_tasks(plan) == len(time_chunks) + plan.n_blocks + 2
+    assert plan.intermediate_chunks == (max(time_chunks), plan.voxel_block)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 10**9), st.integers(1, 2**31))
+def test_slab_volumes_fit_the_budget(n_time, per_timepoint, block_bytes):
+    volumes = plan_slab_volumes(n_time, per_timepoint, block_bytes)
+    assert 1 <= volumes <= max(n_time, 1)
+    assert volumes * per_timepoint <= block_bytes or volumes == 1
+
+
+@given(st.integers(0, 10_000), st.integers(1, 500))
+def test_split_evenly_sums(total, block):
+    chunks = split_evenly(total, block)
+    assert sum(chunks) == total
+    assert all(0 < size <= block for size in chunks) or chunks == (0,)
+
+
+def test_forced_strategy_and_block():
+    plan = plan_extraction(10, (5, 5), 100, 4, "1MiB", strategy="intermediate", voxel_block=7)
+    assert plan.strategy == "intermediate"
+    assert plan.voxel_chunks == (7,) * 14 + (2,)
+    assert plan.block_bytes == 2**20
+
+
+def test_default_budget_is_dask_chunk_size():
+    with dask.config.set({"array.chunk-size": "3MiB"}):
+        assert resolve_block_bytes(None) == 3 * 2**20
+        assert plan_extraction(1, (1,), 1, 4).block_bytes == 3 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"time_chunks": (3, 3)}, ValueError),
+        ({"strategy": "p2p"}, ValueError),
+        ({"voxel_block": 0}, ValueError),
+        ({"block_bytes": -1}, ValueError),
+        ({"block_bytes": 1.5}, TypeError),
+        ({"block_bytes": "lots"}, ValueError),
+    ],
+)
+def test_bad_plan_arguments(kwargs, error):
+    arguments = {"n_timepoints": 5, "time_chunks": (5,), "n_voxels": 10, "itemsize": 4}
+    arguments.update(kwargs)
+    with pytest.raises(error):
+        plan_extraction(**arguments)
