@@ -6,22 +6,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean browser
 
 demo: $(STAMP)
 	$(BIN)/python -m daskmask demo
 
-test: $(STAMP)
-	$(BIN)/ruff check daskmask tests
+test: $(STAMP) browser
+	$(BIN)/ruff check daskmask tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check daskmask tests
-	$(BIN)/ruff format --check daskmask tests
+	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/ruff format --check daskmask tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format daskmask tests
-	$(BIN)/ruff check --fix daskmask tests
+	$(BIN)/ruff format daskmask tests benchmarks
+	$(BIN)/ruff check --fix daskmask tests benchmarks
+
+# Debian's Chromium, for the test that opens a saved report in a real browser.
+browser:
+	bash .ci/install-browser.sh
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

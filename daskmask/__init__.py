@@ -41,3 +41,12 @@ __all__ = [
     "save",
     "signal",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # plotting and reporting import matplotlib: load them on first use only.
+    if name in ("plotting", "reporting"):
+        import importlib
+
+        return importlib.import_module(f"daskmask.{name}")
+    raise AttributeError(f"module 'daskmask' has no attribute {name!r}")

@@ -326,6 +326,34 @@ class NiftiMasker(BaseEstimator):
         self._check_fitted()
         return signals_to_image(self, X, filename)
 
+    # ------------------------------------------------------------ reports
+
+    def generate_report(self, title: str | None = None) -> Any:
+        """Build an HTML report of the mask over the image it was computed from.
+
+        The report shows the middle volume of the fitted input (or the mask
+        itself when fitted with ``mask_img`` only) in three orthogonal views
+        with the mask's outline in green, the number of voxels in the mask,
+        the parameters and any warnings; when the mask was resampled to a
+        target grid, hovering the figure shows the resampled mask. Only the
+        shown volume and the mask are read.
+
+        Parameters
+        ----------
+        title : str or None, default=None
+            Title of the report (default: the class name).
+
+        Returns
+        -------
+        daskmask.reporting.HTMLReport
+            Displays in Jupyter; ``save_as_html``, ``open_in_browser``,
+            ``get_iframe``.
+
+        """
+        from daskmask.reporting import masker_report
+
+        return masker_report(self, title=title)
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "mask_img_")
 

@@ -132,23 +132,13 @@ def _resample_block(
     clip_range = (bounds[0], bounds[1]) if clip else None
     source_affine = np.asarray(source_affine, dtype=float)
     target_affine = np.asarray(target_affine, dtype=float)
+    volumes = block[..., np.newaxis] if block.ndim == 3 else block
+    out = np.empty((*target_shape, volumes.shape[3]), dtype=out_dtype, order="F")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CAST_WARNING)
-        if block.ndim == 3:
-            return resample_volume(
-                block,
-                source_affine,
-                target_affine,
-                target_shape,
-                interpolation,
-                fill_value,
-                clip,
-                clip_range,
-            )
-        out = np.empty((*target_shape, block.shape[3]), dtype=out_dtype, order="F")
-        for index in range(block.shape[3]):
+        for index in range(volumes.shape[3]):
             out[..., index] = resample_volume(
-                block[..., index],
+                volumes[..., index],
                 source_affine,
                 target_affine,
                 target_shape,
@@ -157,7 +147,7 @@ def _resample_block(
                 clip,
                 clip_range,
             )
-    return out
+    return out[..., 0] if block.ndim == 3 else out
 
 
 def run_clip_range(data: da.Array) -> da.Array:

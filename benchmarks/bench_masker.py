@@ -1,0 +1,194 @@
+"""Benchmark daskmask's NiftiMasker against nilearn's, and against the machine's limits.
+
+One run of this script generates realistic inputs with daskmask's generator,
+then, for each input, measures in fresh subprocesses:
+
+- nilearn: ``NiftiMasker(mask_strategy="epi", detrend=True,
+  standardize="zscore_sample").fit_transform(path)`` into memory;
+- daskmask: the same into memory (``.to_numpy()``) and into a Zarr store
+  (``dm.save``);
+- the machine: one cold read of the file and one gzip decode pass with the
+  fastest decoder installed.
+
+For each it prints the wall time, the peak memory of the whole process tree
+(sampled every 20 ms with psutil, workers included) and the daskmask/nilearn
+ratios, and writes the figures to a JSON file.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_masker.py --inputs walkthrough
+    .venv/bin/python benchmarks/bench_masker.py --inputs walkthrough hcp-nii hcp-gz hcp-2x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+#: name -> (shape, n_timepoints, suffix)
+INPUTS: dict[str, tuple[tuple[int, int, int], int, str]] = {
+    "walkthrough": ((50, 59, 50), 100, ".nii.gz"),
+    "hcp-gz": ((91, 109, 91), 1200, ".nii.gz"),
+    "hcp-nii": ((91, 109, 91), 1200, ".nii"),
+    "hcp-2x": ((91, 109, 91), 2400, ".nii"),
+}
+
+PARAMS = 'mask_strategy="epi", detrend=True, standardize="zscore_sample"'
+
+JOBS = {
+    "nilearn": f"""
+import warnings; warnings.simplefilter("ignore")
+from nilearn.maskers import NiftiMasker
+signals = NiftiMasker({PARAMS}).fit_transform(PATH)
+print(signals.shape)
+""",
+    "daskmask-memory": f"""
+import daskmask as dm
+signals = dm.NiftiMasker({PARAMS}).fit_transform(PATH).to_numpy()
+print(signals.shape)
+""",
+    "daskmask-zarr": f"""
+import daskmask as dm
+signals = dm.NiftiMasker({PARAMS}).fit_transform(PATH)
+dm.save(signals, OUT, overwrite=True)
+print(signals.shape)
+""",
+    "cold-read": """
+import os
+with open(PATH, "rb", buffering=0) as stream:
+    os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    while stream.read(1 << 24):
+        pass
+""",
+    "decode-pass": """
+try:
+    from isal import igzip as gzip
+except ImportError:
+    import gzip
+with gzip.open(PATH, "rb") as stream:
+    while stream.read(1 << 24):
+        pass
+""",
+}
+
+
+@dataclass
+class Measurement:
+    """Wall time and peak memory of one job on one input."""
+
+    input: str
+    job: str
+    seconds: float
+    peak_mib: float
+    ok: bool
+    detail: str
+
+
+def peak_of_tree(process: subprocess.Popen, interval: float = 0.02) -> tuple[float, str]:
+    """Wait for ``process``; return the peak summed RSS of it and its children (MiB)."""
+    peak = 0
+    root = psutil.Process(process.pid)
+    while process.poll() is None:
+        total = 0
+        try:
+            for member in [root, *root.children(recursive=True)]:
+                try:
+                    total += member.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            break
+        peak = max(peak, total)
+        time.sleep(interval)
+    output = process.stdout.read() if process.stdout else ""
+    return peak / 2**20, output.strip()
+
+
+def run_job(
+    name: str, job: str, path: Path, out: Path, memory_limit_mib: int | None
+) -> Measurement:
+    """Run one job in a fresh Python process and measure it."""
+    code = f"PATH = {str(path)!r}\nOUT = {str(out)!r}\n" + JOBS[job]
+    limit = []
+    if memory_limit_mib:
+        # nilearn on a larger-than-memory run must fail, not take the machine down.
+        limit = ["prlimit", f"--as={memory_limit_mib * 2**20}"]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [*limit, sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    peak, output = peak_of_tree(process)
+    seconds = time.perf_counter() - start
+    ok = process.returncode == 0
+    detail = output.splitlines()[-1] if output else ""
+    return Measurement(name, job, round(seconds, 2), round(peak, 1), ok, detail[:200])
+
+
+def generate(name: str, folder: Path) -> Path:
+    """Generate (once) the input ``name`` in ``folder``."""
+    from daskmask.datasets import generate_epi
+
+    shape, n_timepoints, suffix = INPUTS[name]
+    path = folder / f"{name}{suffix}"
+    if not path.exists():
+        generate_epi(path, shape=shape, n_timepoints=n_timepoints, kind="raw", seed=0)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", nargs="+", default=["walkthrough"], choices=list(INPUTS))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/daskmask-bench"))
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--nilearn-memory-limit-mib", type=int, default=None)
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    measurements: list[Measurement] = []
+    for name in args.inputs:
+        path = generate(name, args.workdir)
+        jobs = ["cold-read"] + (["decode-pass"] if path.suffix == ".gz" else [])
+        jobs += ["nilearn", "daskmask-memory", "daskmask-zarr"]
+        for job in jobs:
+            limit = args.nilearn_memory_limit_mib if job == "nilearn" else None
+            m = run_job(name, job, path, args.workdir / f"{name}.zarr", limit)
+            measurements.append(m)
+            print(
+                f"{name:12s} {job:16s} {m.seconds:8.2f} s {m.peak_mib:9.1f} MiB "
+                f"{'ok' if m.ok else 'FAILED'} {m.detail if not m.ok else ''}",
+                flush=True,
+            )
+        by_job = {m.job: m for m in measurements if m.input == name}
+        reference = by_job["nilearn"]
+        for job in ("daskmask-memory", "daskmask-zarr"):
+            ours = by_job[job]
+            if reference.ok:
+                print(
+                    f"{name:12s} {job:16s} wall x{ours.seconds / reference.seconds:.2f}, "
+                    f"peak x{ours.peak_mib / reference.peak_mib:.2f} of nilearn",
+                    flush=True,
+                )
+        if "decode-pass" in by_job:
+            ours = by_job["daskmask-zarr"]
+            ratio = ours.seconds / by_job["decode-pass"].seconds
+            print(f"{name:12s} daskmask-zarr    wall x{ratio:.2f} of one decode pass", flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps([asdict(m) for m in measurements], indent=1))
+    print(f"figures written to {args.output} (cpus: {os.cpu_count()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
