@@ -31,6 +31,7 @@ from daskmask.extraction import (
     unmask_to_file,
 )
 from daskmask.reading import open_nifti
+from daskmask.reading._decode import gzip_source, source_key
 from daskmask.signal import clean
 
 if TYPE_CHECKING:
@@ -84,10 +85,15 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
 
     The budget is dask's ``array.chunk-size``; a read task holds one time
     chunk plus its resampled/smoothed copy and its masked rows. A DataArray
-    the user opened keeps the chunks the user chose.
+    the user opened keeps the chunks the user chose. A .nii.gz that ``fit``
+    already decoded (``masker._decoded_cache``, same path, size and mtime) is
+    read from the decoded copy instead of being inflated again.
     """
     run = open_nifti(imgs)
+    decoded = _cached_decode(masker, run)
     if isinstance(imgs, xr.DataArray) or run.ndim != 4:
+        if decoded is not None:
+            return _with_data(run, decoded, run.data.chunks)
         return run
     copies = int(masker.smoothing_fwhm is not None)
     copies += int(masker.target_affine is not None or masker.target_shape is not None)
@@ -99,7 +105,29 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
         run.shape[3],
         volume_copies=copies,
     )
+    if decoded is not None:
+        return _with_data(run, decoded, {3: volumes})
     return open_nifti(imgs, chunks=volumes)
+
+
+def _cached_decode(masker: NiftiMasker, run: xr.DataArray) -> xr.DataArray | None:
+    """Return the decoded copy of ``run`` kept by ``fit``, if it is still valid."""
+    cache = getattr(masker, "_decoded_cache", None)
+    if cache is None:
+        return None
+    key, decoded = cache
+    path = gzip_source(run)
+    if path is None or path != key[0] or decoded.shape != run.shape:
+        return None
+    if decoded.dtype != run.dtype or source_key(path) != key:
+        return None
+    return decoded
+
+
+def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunks: Any) -> xr.DataArray:
+    """``run`` (coords, attrs) over the decoded values, in the given time chunks."""
+    data = decoded.data.rechunk(chunks)
+    return run.copy(data=data).assign_attrs(decoded_store=decoded.attrs["decoded_store"])
 
 
 def _all_confounds(masker: NiftiMasker, run: xr.DataArray, confounds: Any) -> Any:

@@ -22,10 +22,13 @@ from daskmask import _params
 from daskmask._logging import describe_images, log, logged_method, logging_as
 from daskmask._transform import extract_and_clean, signals_to_image
 from daskmask.exceptions import NotFittedError
+from daskmask.extraction._store import temporary_base
 from daskmask.image import resample_img
 from daskmask.masking import compute_background_mask, compute_brain_mask, compute_epi_mask
+from daskmask.masking._mean import precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
 from daskmask.reading import open_nifti
+from daskmask.reading._decode import decode_once, gzip_source, source_key
 
 #: mask_strategy -> (mask function, arguments the masker fixes itself).
 MASK_STRATEGIES: dict[str, tuple[Callable[..., nib.Nifti1Image], dict[str, Any]]] = {
@@ -35,6 +38,9 @@ MASK_STRATEGIES: dict[str, tuple[Callable[..., nib.Nifti1Image], dict[str, Any]]
     "gm-template": (compute_brain_mask, {"mask_type": "gm"}),
     "wm-template": (compute_brain_mask, {"mask_type": "wm"}),
 }
+
+#: Strategies computed from the mean over time (a .nii.gz is then decoded once).
+_MEAN_STRATEGIES = ("background", "epi")
 
 _STANDARDIZE_OPTIONS = ("zscore_sample", "psc", True, False, None)
 
@@ -220,6 +226,7 @@ class NiftiMasker(BaseEstimator):
             data = open_nifti(imgs)
 
         mask_img = self._load_user_mask()
+        decoded_cache = None
         if mask_img is None:
             if data is None:
                 raise ValueError(
@@ -227,7 +234,7 @@ class NiftiMasker(BaseEstimator):
                     "if no mask is passed to mask_img."
                 )
             log("Computing mask", self.verbose)
-            mask_img = self._compute_mask(data)
+            mask_img, decoded_cache = self._compute_mask(data)
         elif data is not None:
             warnings.warn(
                 f"[{type(self).__name__}.fit] Generation of a mask has been requested "
@@ -254,6 +261,8 @@ class NiftiMasker(BaseEstimator):
         self.mask_img_ = nib.Nifti1Image(mask.astype(np.uint8), mask_img.affine)
         self.affine_ = np.array(mask_img.affine, dtype=float)
         self.n_elements_ = int(mask.sum())
+        if decoded_cache is not None:
+            self._decoded_cache = decoded_cache
         if self.reports:
             self._reporting_data = {
                 "images": data,
@@ -365,7 +374,14 @@ class NiftiMasker(BaseEstimator):
             )
 
     def _forget_fit(self) -> None:
-        for name in ("mask_img_", "affine_", "n_elements_", "clean_args_", "_reporting_data"):
+        for name in (
+            "mask_img_",
+            "affine_",
+            "n_elements_",
+            "clean_args_",
+            "_reporting_data",
+            "_decoded_cache",
+        ):
             self.__dict__.pop(name, None)
 
     def _load_user_mask(self) -> nib.Nifti1Image | None:
@@ -378,7 +394,22 @@ class NiftiMasker(BaseEstimator):
         load_mask_img(mask_img, allow_empty=False)
         return mask_img
 
-    def _compute_mask(self, data: xr.DataArray) -> nib.Nifti1Image:
+    def __getstate__(self) -> dict[str, Any]:
+        # The decoded copy of a .nii.gz is a temporary of this process.
+        state = dict(super().__getstate__())
+        state.pop("_decoded_cache", None)
+        return state
+
+    def _compute_mask(
+        self, data: xr.DataArray
+    ) -> tuple[nib.Nifti1Image, tuple[tuple[str, int, int], xr.DataArray] | None]:
+        """Compute the mask of ``data``; also return the decoded-run cache, if any.
+
+        A mean-based strategy on one .nii.gz inflates it once
+        (:func:`~daskmask.reading._decode.decode_once`): the mean gives the
+        mask, and the decoded copy, keyed by the file's path, size and
+        modification time, serves ``transform`` of the same file.
+        """
         try:
             mask_function, fixed_args = MASK_STRATEGIES[self.mask_strategy]
         except (KeyError, TypeError):
@@ -390,9 +421,17 @@ class NiftiMasker(BaseEstimator):
         mask_args = _supported_mask_args(
             mask_function, fixed_args, self.mask_args or {}, self.mask_strategy
         )
-        return mask_function(
-            data, verbose=max(0, int(self.verbose) - 1), **fixed_args, **mask_args
+        image, cache = data, None
+        path = gzip_source(data) if self.mask_strategy in _MEAN_STRATEGIES else None
+        if path is not None:
+            key = source_key(path)
+            volumes = data.chunks[3][0] if data.chunks else data.shape[3]
+            decoded, mean = decode_once(data, temporary_base(), chunk_volumes=volumes)
+            image, cache = precomputed_mean_image(mean, data), (key, decoded)
+        mask_img = mask_function(
+            image, verbose=max(0, int(self.verbose) - 1), **fixed_args, **mask_args
         )
+        return mask_img, cache
 
 
 def _supported_mask_args(

@@ -33,6 +33,7 @@ __all__ = [
     "mean_img",
     "mean_volume",
     "mean_volumes",
+    "precomputed_mean_image",
     "prepare_mean",
 ]
 
@@ -233,6 +234,30 @@ def mean_volume(data: xr.DataArray) -> np.ndarray:
 
     """
     return mean_volumes([data])[0]
+
+
+def precomputed_mean_image(mean: np.ndarray, run: xr.DataArray) -> xr.DataArray:
+    """Wrap an already computed mean of ``run`` as an image the mask functions take.
+
+    A 3-D image is its own mean (:func:`mean_volume` returns it unchanged),
+    so ``compute_epi_mask(precomputed_mean_image(mean, run), ...)`` gives the
+    mask of ``run`` from ``mean``, with the same parameter checks, target
+    grid and header as ``compute_epi_mask(run, ...)``.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray
+        3-D mean over time of ``run`` (as :func:`mean_volume` computes it).
+    run : xarray.DataArray
+        The run: its ``attrs`` (affine, header) are kept.
+
+    Returns
+    -------
+    xarray.DataArray
+        3-D ``(x, y, z)`` array holding ``mean``.
+
+    """
+    return xr.DataArray(np.asarray(mean), dims=run.dims[:3], attrs=dict(run.attrs))
 
 
 def masks_from_time_means(
