@@ -20,14 +20,22 @@ BANDPASS = {"low_pass": 0.1, "high_pass": 0.01, "t_r": 2.0}
 
 
 def assert_same(lazy: da.Array, eager: np.ndarray, scheduler="threads") -> None:
-    """The dask result equals the numpy one to 1e-6 (same dtype and shape)."""
+    """The dask result equals the numpy one (same dtype and shape).
+
+    Tolerance relative to the signals' magnitude: 1e-6 for float64; 1e-5 for
+    float32, whose cleaned values (differences of large numbers after
+    filtering and confound regression) carry about 1e-6 of rounding that the
+    block-wise and whole-array paths accumulate in different orders — the
+    same tolerance as the float32 parity with nilearn.
+    """
     assert isinstance(lazy, da.Array)
     assert lazy.dtype == eager.dtype
     assert lazy.shape == eager.shape
     result = lazy.compute(scheduler=scheduler)
     assert result.dtype == eager.dtype
     scale = float(np.nanmax(np.abs(eager))) if eager.size else 0.0
-    np.testing.assert_allclose(result, eager, rtol=1e-6, atol=1e-6 * scale)
+    tolerance = 1e-5 if eager.dtype == np.float32 else 1e-6
+    np.testing.assert_allclose(result, eager, rtol=tolerance, atol=tolerance * scale)
 
 
 OPTIONS = {

@@ -6,7 +6,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import signal as sp_signal
 
 FILTERS = ("butterworth", "cosine")
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -139,6 +138,9 @@ def design_butterworth(
         btype, wn = "band", critical
     else:
         wn = critical[0]
+    # scipy.signal takes ~0.7 s to import: load it only when a filter is used.
+    from scipy import signal as sp_signal
+
     return sp_signal.butter(N=order, Wn=wn, btype=btype, output="sos", fs=sampling_rate)
 
 
@@ -146,6 +148,8 @@ def apply_butterworth(
     x: np.ndarray, sos: np.ndarray, padtype: str | None = "odd", padlen: int | None = None
 ) -> np.ndarray:
     """Zero-phase filter every column of ``x``; C-ordered result of ``x``'s dtype."""
+    from scipy import signal as sp_signal
+
     out = sp_signal.sosfiltfilt(sos, x, axis=0, padtype=padtype, padlen=padlen)
     # C order: later column means must sum samples in the same order as on
     # a C-ordered array (numpy sums pairwise along a contiguous axis).
