@@ -163,8 +163,9 @@ def extract_and_clean(
     run_affine = np.asarray(run.attrs["affine"], dtype=float)
     all_confounds = _all_confounds(masker, run, confounds)
 
-    mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
-    mask_affine = np.asarray(masker.mask_img_.affine, dtype=float)
+    full_mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
+    full_affine = np.asarray(masker.mask_img_.affine, dtype=float)
+    mask, mask_affine = full_mask, full_affine
     values = run.data
     if run.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
         warnings.warn(
@@ -206,11 +207,10 @@ def extract_and_clean(
         cleaned = cleaned.astype(target)
 
     time = None if single_volume else _kept_times(run, sample_mask, cleaned.shape[0])
-    full_mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
     return signals_dataarray(
         cleaned,
         full_mask,
-        np.asarray(masker.mask_img_.affine, dtype=float),
+        full_affine,
         time=time,
         masker_params=masker.get_params(),
         provenance=input_provenance(run),
