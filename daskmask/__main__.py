@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--scheduler",
         default=None,
-        help="scheduler address (default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)",
+        help=(
+            "scheduler address, or 'threads' for dask's threads without a cluster "
+            "(default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)"
+        ),
     )
     demo.add_argument(
         "--output",

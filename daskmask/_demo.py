@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
 from daskmask.cluster import connect
@@ -49,6 +52,19 @@ def signal_statistics(label: str, signals: np.ndarray) -> str:
     return f"{label}: mean {np.mean(signals):.2f}, std {np.std(signals):.2f}"
 
 
+@contextlib.contextmanager
+def _scheduler(scheduler: str | None) -> Iterator[None]:
+    """Compute on dask's threads (``"threads"``), else on a cluster from :func:`connect`."""
+    if scheduler == "threads":
+        print("Scheduler: dask's threads in this process (no cluster, no dashboard)", flush=True)
+        with dask.config.set(scheduler="threads"):
+            yield
+        return
+    with connect(scheduler) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        yield
+
+
 def run(
     images: str | None = None,
     scheduler: str | None = None,
@@ -56,8 +72,7 @@ def run(
 ) -> None:
     """Run the walkthrough: masks, trended/detrended extraction, Zarr results."""
     source = images if images is not None else load_sample()
-    with connect(scheduler) as client:
-        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+    with _scheduler(scheduler):
         run_data = open_nifti(source)
         shape = "x".join(str(n) for n in run_data.shape)
         print(f"Input: {source} ({shape}, {run_data.dtype})", flush=True)

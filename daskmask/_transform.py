@@ -83,7 +83,7 @@ def _target_dtype(requested: Any, pipeline_dtype: np.dtype) -> np.dtype | None:
 def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
     """Open ``imgs`` in time chunks small enough for one task to stay in budget.
 
-    The budget is dask's ``array.chunk-size``; a read task holds one time
+    The budget is :func:`daskmask._memory.task_budget_bytes`; a read task holds one time
     chunk plus its resampled/smoothed copy and its masked rows. A DataArray
     the user opened keeps the chunks the user chose. A .nii.gz that ``fit``
     already decoded (``masker._decoded_cache``, same path, size and mtime) is

@@ -23,6 +23,7 @@ def connect(
     *,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
+    processes: bool = True,
     memory_limit: str | int | None = None,
     dashboard_address: str | None = ":8787",
 ) -> Client:
@@ -40,6 +41,10 @@ def connect(
     threads_per_worker : int, default=1
         Threads per LocalCluster worker. NumPy and the gzip decoders release
         the GIL, but one thread per process keeps memory per worker predictable.
+    processes : bool, default=True
+        Workers as separate processes (True) or as threads of this process
+        (False: no start-up of processes, no pickling between them, the
+        dashboard still served; good for small runs in a notebook).
     memory_limit : str or int, optional
         Memory limit per LocalCluster worker; default an equal share of 90 %
         of this machine's memory.
@@ -72,7 +77,7 @@ def connect(
     return Client(
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
-        processes=True,
+        processes=processes,
         memory_limit=memory_limit,
         dashboard_address=dashboard_address,
     )

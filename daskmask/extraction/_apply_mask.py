@@ -4,7 +4,7 @@ Stage 1 maps one task over each time chunk: the slab ``(x, y, z, t)`` becomes
 ``(t, n_voxels)`` in nilearn's voxel order (C order of ``np.nonzero(mask)``).
 The reorganisation into ``(all time, voxel_block)`` blocks then follows an
 :class:`~daskmask.extraction._plan.ExtractionPlan`: an in-graph rechunk for
-runs that fit in the byte budget, or a temporary Zarr store otherwise
+runs that fit in the byte budget, or a temporary raw file otherwise
 (see :mod:`daskmask.extraction._store` for its lifetime).
 """
 
@@ -80,10 +80,16 @@ def flat_fortran_index(mask: np.ndarray) -> np.ndarray:
     return (i + nx * (j + ny * k.astype(np.int64))).astype(np.int64)
 
 
-def _gather(
-    slab: np.ndarray, index: np.ndarray, out_dtype: np.dtype, ensure_finite: bool
-) -> np.ndarray:
+def _single(blocks: Any) -> np.ndarray:
+    """Unwrap the one block blockwise passes in nested lists (``concatenate=False``)."""
+    while isinstance(blocks, list):
+        (blocks,) = blocks
+    return blocks
+
+
+def _gather(slab: Any, index: Any, out_dtype: np.dtype, ensure_finite: bool) -> np.ndarray:
     """``(x, y, z, t)`` slab -> C-contiguous ``(t, n_voxels)`` masked rows."""
+    slab, index = _single(slab), _single(index)
     n_time = slab.shape[3]
     # (t, x*y*z) with x fastest: a view for the Fortran-ordered slabs NIfTI gives.
     rows = slab.reshape(-1, n_time, order="F").T
@@ -130,20 +136,15 @@ def mask_slabs(
         index_array,
         "w",
         new_axes={"v": index.size},
-        concatenate=True,
+        # The spatial axes are one chunk each; letting blockwise "concatenate"
+        # that single block copies the Fortran-ordered slab into C order (and
+        # the reshape below copies it back): two strided copies of the run.
+        concatenate=False,
         out_dtype=out_dtype,
         ensure_finite=ensure_finite,
         dtype=out_dtype,
         meta=np.empty((0, 0), dtype=out_dtype),
     )
-
-
-def _regular_time_chunks(masked: da.Array) -> da.Array:
-    """Rechunk along time if needed so that all chunks but the last are equal."""
-    chunks = masked.chunks[0]
-    if len(set(chunks[:-1])) <= 1 and (len(chunks) < 2 or chunks[-1] <= chunks[0]):
-        return masked
-    return masked.rechunk({0: max(chunks)})
 
 
 def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
@@ -169,11 +170,8 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
         return masked.rechunk(target, method="tasks")
     if masked.numblocks[1] != 1:
         masked = masked.rechunk({1: -1})
-    masked = _regular_time_chunks(masked)
     n_time, n_voxels = masked.shape
     store = _store.TemporaryStore()
-    slab = max(masked.chunks[0]) or 1
-    chunks = (slab, max(1, plan.voxel_block))
     dtype = masked.dtype.str
     token = tokenize(masked.name, plan, store.root)
     prepare = "daskmask-intermediate-prepare-" + token
@@ -181,7 +179,7 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
     gate = "daskmask-intermediate-barrier-" + token
     name = "daskmask-voxel-blocks-" + token
     shape = (n_time, n_voxels)
-    graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, chunks, dtype)}
+    graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, dtype)}
     starts = np.cumsum((0, *masked.chunks[0][:-1]))
     for position, key in enumerate(masked.__dask_keys__()):
         graph[(write, position)] = (_store.write_rows, key[0], prepare, int(starts[position]))
@@ -197,6 +195,8 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
             store.root,
             block,
             len(voxel_chunks),
+            shape,
+            dtype,
         )
     layers = HighLevelGraph.from_collections(name, graph, dependencies=[masked])
     return da.Array(
@@ -232,7 +232,7 @@ def slab_volumes(
     n_timepoints : int
         Length of the run.
     block_bytes : int, str or None, default=None
-        Budget; None means dask's ``array.chunk-size``.
+        Budget; None means the task budget (see :mod:`daskmask._memory`).
     volume_copies : int, default=0
         Whole-volume float copies a task makes per time point (1 with
         smoothing, 1 more with resampling).
@@ -286,7 +286,7 @@ def extract_signals(
     ensure_finite : bool, default=True
         Replace non-finite values by 0.
     block_bytes : int, str or None, default=None
-        Memory budget of one task; None means dask's ``array.chunk-size``.
+        Memory budget of one task; None means the task budget (:mod:`daskmask._memory`).
     strategy : {"auto", "in-memory", "intermediate"}, default="auto"
         See :func:`~daskmask.extraction._plan.plan_extraction`.
     voxel_block : int or None, default=None
@@ -373,7 +373,7 @@ def apply_mask(
     ensure_finite : bool, default=True
         Replace NaN and infinite values by 0.
     block_bytes : int, str or None, default=None
-        Memory budget of one task (dask's ``array.chunk-size`` by default):
+        Memory budget of one task (by default the task budget of :mod:`daskmask._memory`):
         every read, stage-1 and stage-2 task stays within it.
     strategy : {"auto", "in-memory", "intermediate"}, default="auto"
         Force a strategy (see :func:`~daskmask.extraction._plan.plan_extraction`).

@@ -10,8 +10,8 @@ This module decides, from sizes alone, how to do it within a byte budget:
     (the rechunk holds every slab until every block has its piece, so its
     memory is the whole run).
 ``"intermediate"``
-    Otherwise: stage 1 writes each masked slab into a temporary Zarr array
-    chunked ``(t_chunk, voxel_block)``; stage 2 reads one
+    Otherwise: stage 1 writes each masked slab as contiguous rows of a
+    temporary raw ``(time, voxel)`` file; stage 2 reads one
     ``(all time, voxel_block)`` block per task. Each task then holds one slab
     or one block, never the run.
 """
@@ -38,7 +38,7 @@ class ExtractionPlan:
     :mod:`daskmask.extraction._apply_mask`.
     """
 
-    #: ``"in-memory"`` (dask rechunk in the graph) or ``"intermediate"`` (Zarr).
+    #: ``"in-memory"`` (dask rechunk in the graph) or ``"intermediate"`` (raw file).
     strategy: Strategy
     #: Number of time points of the run.
     n_timepoints: int
@@ -73,11 +73,6 @@ class ExtractionPlan:
         """Bytes of the largest output block ``(n_timepoints, voxel_block)``."""
         return self.n_timepoints * min(self.voxel_block, self.n_voxels) * self.itemsize
 
-    @property
-    def intermediate_chunks(self) -> tuple[int, int]:
-        """Chunk shape of the Zarr intermediate: ``(time slab, voxel_block)``."""
-        return (max(self.time_chunks, default=1) or 1, max(1, self.voxel_block))
-
 
 def split_evenly(total: int, block: int) -> tuple[int, ...]:
     """Split ``total`` into blocks of ``block`` plus a remainder.
@@ -102,7 +97,7 @@ def split_evenly(total: int, block: int) -> tuple[int, ...]:
 
 
 def resolve_block_bytes(block_bytes: int | str | None) -> int:
-    """Return the byte budget: ``block_bytes`` parsed, or dask's ``array.chunk-size``.
+    """Return the byte budget: ``block_bytes`` parsed, or the task budget.
 
     Parameters
     ----------
@@ -183,7 +178,7 @@ def plan_extraction(
     itemsize : int
         Bytes per value of the masked signals.
     block_bytes : int, str or None, default=None
-        Byte budget of one task; None means ``dask.config.get("array.chunk-size")``.
+        Byte budget of one task; None means :func:`daskmask._memory.task_budget_bytes`.
     strategy : {"auto", "in-memory", "intermediate"}, default="auto"
         ``"auto"`` picks ``"in-memory"`` when the whole masked run fits in
         ``block_bytes`` and ``"intermediate"`` otherwise; the others force it.

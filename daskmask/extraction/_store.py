@@ -1,9 +1,9 @@
-"""The temporary Zarr store of the intermediate strategy and its clean-up.
+"""The temporary store of the intermediate strategy and its clean-up.
 
 Lifetime of the directory (``<tmp>/daskmask-extract-XXXX``):
 
 * it is reserved (created empty) when the graph is built;
-* the first task of every compute (re)creates the Zarr array in it, the
+* the first task of every compute (re)creates the raw array in it, the
   stage-1 tasks fill it, the stage-2 tasks read it;
 * each stage-2 task leaves a marker file after reading its block; the task
   that sees the markers of every block removes the directory. So a compute of
@@ -28,8 +28,10 @@ from typing import Any
 import dask
 import numpy as np
 
-#: Name of the Zarr array inside the temporary directory.
+#: Name of the Zarr array inside a temporary directory (unmasking).
 SIGNALS = "signals.zarr"
+#: Name of the raw ``(time, voxel)`` file of the extraction intermediate.
+RAW = "signals.raw"
 #: Directory of the stage-2 completion markers.
 DONE = "done"
 
@@ -102,8 +104,15 @@ def _codec() -> list[Any]:
     return [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]
 
 
-def prepare_store(root: Any, shape: tuple[int, int], chunks: tuple[int, int], dtype: str) -> str:
-    """Create (or reset) the Zarr array of a temporary store; return its path.
+def prepare_store(root: Any, shape: tuple[int, int], dtype: str) -> str:
+    """Create (or reset) the raw row-major array of a temporary store; return its path.
+
+    The intermediate is a plain C-ordered ``(n_timepoints, n_voxels)`` file,
+    not a chunked store: stage 1 writes each slab of rows as one contiguous
+    ``pwrite``, stage 2 reads a block of columns as ``n_timepoints`` strided
+    runs of ``voxel_block`` values. No codec, no chunk index: the scratch copy
+    costs two passes through the page cache (measured on a 1200 x 135k float32
+    run: 0.5 s, against 2.6 s with an lz4-compressed Zarr array).
 
     Parameters
     ----------
@@ -111,39 +120,27 @@ def prepare_store(root: Any, shape: tuple[int, int], chunks: tuple[int, int], dt
         The temporary directory.
     shape : tuple of int
         ``(n_timepoints, n_voxels)``.
-    chunks : tuple of int
-        ``(time slab, voxel block)``.
     dtype : str
         Data type.
 
     Returns
     -------
     str
-        Path of the Zarr array.
+        Path of the file (sparse until written).
 
     """
-    import zarr
-
     root = os.fspath(root)
     done = os.path.join(root, DONE)
     shutil.rmtree(done, ignore_errors=True)
     os.makedirs(done, exist_ok=True)
-    path = os.path.join(root, SIGNALS)
-    zarr.create_array(
-        store=path,
-        shape=shape,
-        chunks=chunks,
-        dtype=np.dtype(dtype),
-        compressors=_codec(),
-        fill_value=0,
-        overwrite=True,
-        zarr_format=3,
-    )
+    path = os.path.join(root, RAW)
+    with open(path, "wb") as raw:
+        raw.truncate(int(np.prod(shape)) * np.dtype(dtype).itemsize)
     return path
 
 
 def write_rows(block: np.ndarray, path: str, start: int) -> int:
-    """Write ``block`` into rows ``start:start + len(block)`` of the array at ``path``.
+    """Write ``block`` into rows ``start:start + len(block)`` of the raw array at ``path``.
 
     Returns
     -------
@@ -151,10 +148,16 @@ def write_rows(block: np.ndarray, path: str, start: int) -> int:
         Rows written.
 
     """
-    import zarr
-
-    array = zarr.open_array(path, mode="r+")
-    array[start : start + block.shape[0], :] = block
+    block = np.ascontiguousarray(block)
+    view = memoryview(block).cast("B")
+    offset = start * block.shape[1] * block.itemsize
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
     return int(block.shape[0])
 
 
@@ -163,7 +166,16 @@ def barrier(path: str, written: list[int]) -> str:
     return path
 
 
-def read_columns(path: str, start: int, stop: int, root: str, index: int, n_blocks: int) -> Any:
+def read_columns(
+    path: str,
+    start: int,
+    stop: int,
+    root: str,
+    index: int,
+    n_blocks: int,
+    shape: tuple[int, int],
+    dtype: str,
+) -> Any:
     """Read columns ``start:stop`` (all rows); the last block read removes the store.
 
     Returns
@@ -172,9 +184,23 @@ def read_columns(path: str, start: int, stop: int, root: str, index: int, n_bloc
         C-contiguous ``(n_timepoints, stop - start)`` block.
 
     """
-    import zarr
-
-    block = zarr.open_array(path, mode="r")[:, start:stop]
+    n_rows, n_columns = (int(n) for n in shape)
+    block = np.empty((n_rows, stop - start), dtype=np.dtype(dtype))
+    row_bytes = n_columns * block.itemsize
+    # One pread per row into the block: a memory map would count every page
+    # it touches in the process's resident memory.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for row in range(n_rows):
+            target = memoryview(block[row]).cast("B")
+            offset = row * row_bytes + start * block.itemsize
+            while target:
+                read = os.preadv(fd, [target], offset)
+                if read == 0:
+                    raise OSError(f"{path} ends before row {row}")
+                target, offset = target[read:], offset + read
+    finally:
+        os.close(fd)
     done = os.path.join(root, DONE)
     try:
         with open(os.path.join(done, str(index)), "w"):
@@ -183,4 +209,4 @@ def read_columns(path: str, start: int, stop: int, root: str, index: int, n_bloc
             _remove(root)
     except OSError:  # another task removed the store first
         pass
-    return np.ascontiguousarray(block)
+    return block

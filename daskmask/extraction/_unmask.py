@@ -188,7 +188,7 @@ def unmask_to_file(
         Repetition time for the header; None takes the step of a
         DataArray's ``time`` coordinate, else 1.
     block_bytes : int, str or None, default=None
-        Memory budget of a slab (dask's ``array.chunk-size`` by default).
+        Memory budget of a slab (by default the task budget of :mod:`daskmask._memory`).
     compresslevel : int, default=1
         gzip level for ``.nii.gz``.
 

@@ -11,7 +11,6 @@ import math
 import numbers
 from collections.abc import Mapping
 
-import dask
 from dask.utils import parse_bytes
 
 #: What callers may pass as ``chunks``: ``"auto"``, a number of volumes, a
@@ -25,17 +24,19 @@ _ACCEPTED = (
 
 
 def default_chunk_bytes() -> int:
-    """Return the target chunk size in bytes from dask's configuration.
+    """Return the target chunk size in bytes: the task budget of daskmask.
 
     Returns
     -------
     int
-        ``dask.config.get("array.chunk-size")`` parsed to bytes (dask's default
-        is 128 MiB).
+        :func:`daskmask._memory.task_budget_bytes`: ``daskmask.block-bytes``
+        if configured, else dask's ``array.chunk-size`` (128 MiB by default)
+        capped by the memory available per thread.
 
     """
-    configured = dask.config.get("array.chunk-size", "128MiB")
-    return int(parse_bytes(configured)) if isinstance(configured, str) else int(configured)
+    from daskmask._memory import task_budget_bytes
+
+    return task_budget_bytes()
 
 
 def volumes_per_chunk(shape: tuple[int, ...], itemsize: int, chunks: ChunksLike) -> int:
@@ -89,7 +90,7 @@ def plan_time_chunks(
         Bytes per voxel value in memory.
     chunks : "auto", int, str or dict, default="auto"
         ``"auto"``: as many whole volumes as fit in
-        ``dask.config.get("array.chunk-size")`` (at least one). An int: that
+        :func:`default_chunk_bytes` (at least one). An int: that
         many volumes per chunk. A byte string such as ``"64MiB"``: as many
         whole volumes as fit in that size (at least one). A dict
         ``{"time": int | str}`` means the same as its value.

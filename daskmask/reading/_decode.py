@@ -245,15 +245,22 @@ def decode_once(
         zarr_format=3,
     )
     accumulator = _accumulator_dtype(run.dtype)
-    running_sum = None
+    running: list[np.ndarray | None] = [None]
     volume_bytes = int(np.prod(spatial)) * on_disk.itemsize
     opener = _opener(decoder_name())
     assert opener is not None
+
+    def write_and_fold(start: int, slab: np.ndarray) -> None:
+        target[start : start + slab.shape[3]] = slab.T
+        running[0] = _fold_volumes(running[0], slab, accumulator)
+
     pending: Future[None] | None = None
     try:
-        # One writer thread: slab n is written while slab n + 1 is inflated
-        # (the decoders and the file writes release the GIL).
-        with opener(path, "rb") as stream, ThreadPoolExecutor(1) as writer:
+        # The decoder runs in this thread; one helper thread writes slab n and
+        # folds it into the mean while slab n + 1 is inflated (the decoders,
+        # the file writes and numpy's additions release the GIL). A single
+        # helper keeps the slabs, hence the floating-point sum, in time order.
+        with opener(path, "rb") as stream, ThreadPoolExecutor(1) as helper:
             if len(stream.read(spec.offset)) != spec.offset:
                 raise EOFError("the stream ends inside the header")
             for start in range(0, n_volumes, chunk_volumes):
@@ -266,8 +273,7 @@ def decode_once(
                 slab = _scale(raw.transpose(), spec, run.dtype)
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(target.__setitem__, slice(start, start + count), slab.T)
-                running_sum = _fold_volumes(running_sum, slab, accumulator)
+                pending = helper.submit(write_and_fold, start, slab)
                 del raw_bytes, raw, slab
             if pending is not None:
                 pending.result()
@@ -281,7 +287,7 @@ def decode_once(
         store.cleanup()
         raise
     # As numpy (and masking._mean): divide by an intp count, then cast.
-    mean = np.asarray((running_sum / np.intp(n_volumes)).astype(_mean_dtype(run.dtype)))
+    mean = np.asarray((running[0] / np.intp(n_volumes)).astype(_mean_dtype(run.dtype)))
 
     array = _DecodedArray(store, tuple(run.shape), run.dtype)
     time_chunks = tuple(

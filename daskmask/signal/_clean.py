@@ -29,18 +29,23 @@ _PSC_COLLAPSE_RATIO = 0.1
 def _prepare(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
     """C-contiguous float copy of ``block``, non-finite values zeroed if asked."""
     x = np.array(block, order="C", copy=True)
-    if plan.ensure_finite:
-        x[~np.isfinite(x)] = 0
+    if plan.ensure_finite and x.dtype.kind in "fc":
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return x.astype(plan.dtype, copy=False)
 
 
-def _clean_run(x: np.ndarray, run: RunPlan) -> tuple[np.ndarray, np.ndarray]:
-    """Every step before standardization; also returns the original means."""
+def _clean_run(
+    x: np.ndarray, run: RunPlan, keep_mean: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every step before standardization; also returns the original means.
+
+    The means (needed by ``psc`` only) are skipped when ``keep_mean`` is False.
+    """
     if run.filled is not None:
         fill_censored(x, run.kept, run.filled, run.weights)
     if run.span is not None:
         x = x[run.span]
-    original_mean = x.mean(axis=0)
+    original_mean = x.mean(axis=0) if keep_mean else None
     if run.detrend:
         x = detrend(x, copy=False)
     if run.sos is not None:
@@ -138,11 +143,27 @@ def finish(pre: np.ndarray, plan: CleanPlan, totals: np.ndarray | None = None) -
     return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
 
 
+@_two_columns_at_least
+def clean_columns(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """Clean a block of columns in one go (every standardization but ``psc``).
+
+    Works in place on one copy of ``block``: no row of original means is
+    appended and stacked as :func:`pre_standardize` does for ``psc``.
+    """
+    x = _prepare(block, plan)
+    out = []
+    for run in plan.runs:
+        run_x, _ = _clean_run(np.ascontiguousarray(x[run.rows]), run, keep_mean=False)
+        out.append(standardize(run_x, plan.standardize, copy=False))
+    return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
+
+
 def clean_block(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
     """Clean a whole ``(n_samples, n_columns)`` numpy array with ``plan``."""
+    if plan.standardize != "psc":
+        return clean_columns(block, plan)
     pre = pre_standardize(block, plan)
-    totals = psc_sums(pre, plan) if plan.standardize == "psc" else None
-    return finish(pre, plan, totals)
+    return finish(pre, plan, psc_sums(pre, plan))
 
 
 def _finish_psc(pre: np.ndarray, totals: np.ndarray, plan: CleanPlan) -> np.ndarray:
@@ -160,6 +181,14 @@ def clean_dask(signals: da.Array, plan: CleanPlan) -> da.Array:
     # carrying its arrays (spline weights, confound basis) to the workers
     shared = dask.delayed(plan, pure=True)
     meta = np.empty((0, 0), dtype=plan.dtype)
+    if plan.standardize != "psc":
+        return signals.map_blocks(
+            clean_columns,
+            plan=shared,
+            chunks=((plan.n_out,), signals.chunks[1]),
+            dtype=plan.dtype,
+            meta=meta,
+        )
     pre = signals.map_blocks(
         pre_standardize,
         plan=shared,
@@ -167,10 +196,6 @@ def clean_dask(signals: da.Array, plan: CleanPlan) -> da.Array:
         dtype=plan.dtype,
         meta=meta,
     )
-    if plan.standardize != "psc":
-        return pre.map_blocks(
-            finish, plan=shared, chunks=((plan.n_out,), pre.chunks[1]), dtype=plan.dtype, meta=meta
-        )
     sums = pre.map_blocks(
         psc_sums,
         plan=shared,

@@ -26,13 +26,16 @@ def normalize_standardize(standardize: Any) -> str | None:
     return standardize
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
+def zscore(x: np.ndarray, copy: bool = True) -> np.ndarray:
     """Centre every column and divide it by its sample std (ddof=1).
 
-    Columns whose std is below float64 eps are only centred. Returns a new
-    array of ``x``'s dtype.
+    Columns whose std is below float64 eps are only centred. Returns an
+    array of ``x``'s dtype: a new one, or ``x`` itself when ``copy=False``.
     """
-    x = x - x.mean(axis=0)
+    if copy:
+        x = x - x.mean(axis=0)
+    else:
+        x -= x.mean(axis=0)
     std = x.std(axis=0, ddof=1)
     std[std < _EPS64] = 1.0
     x /= std
@@ -57,13 +60,14 @@ def psc(x: np.ndarray, warn: bool = True) -> np.ndarray:
     return out
 
 
-def standardize(x: np.ndarray, method: str | None) -> np.ndarray:
+def standardize(x: np.ndarray, method: str | None, copy: bool = True) -> np.ndarray:
     """Apply ``method`` ("zscore_sample", "psc" or None) to the columns of ``x``.
 
     With one sample the signal is returned unchanged (the caller warns).
+    ``copy=False`` lets the z-score work in place.
     """
     if method is None or x.shape[0] == 1:
         return x
     if method == "zscore_sample":
-        return zscore(x)
+        return zscore(x, copy=copy)
     return psc(x)

@@ -1,0 +1,121 @@
+"""Scheduler choice: embedded LocalCluster, address, environment variable, Client, threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+from distributed import Client, LocalCluster, get_task_stream
+
+import daskmask as dm
+from daskmask.cluster import SCHEDULER_ENV_VAR
+from daskmask.datasets import generate_epi
+
+PARAMS = {"mask_strategy": "epi", "detrend": True, "standardize": "zscore_sample"}
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster_run")
+    return generate_epi(folder / "run.nii.gz", shape=(20, 24, 18), n_timepoints=30, seed=5)
+
+
+@pytest.fixture(scope="module")
+def expected(run_path):
+    """Signals computed on dask's threads, without any cluster."""
+    return dm.NiftiMasker(**PARAMS).fit_transform(run_path).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def scheduler_address():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def _signals_on(client: Client, run_path) -> np.ndarray:
+    """Signals computed while ``client`` is current; its workers must run the tasks."""
+    with get_task_stream(client) as stream:
+        signals = dm.NiftiMasker(**PARAMS).fit_transform(run_path).to_numpy()
+    assert len(stream.data) > 0
+    return signals
+
+
+def test_existing_client_is_returned_as_is(scheduler_address, run_path, expected):
+    with Client(scheduler_address) as client:
+        assert dm.connect(client) is client
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+
+
+def test_address_joins_that_scheduler(scheduler_address, run_path, expected):
+    client = dm.connect(scheduler_address)
+    try:
+        assert client.scheduler.address == scheduler_address
+        assert len(client.scheduler_info()["workers"]) == 2
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+    finally:
+        client.close()
+
+
+def test_environment_variable_names_the_scheduler(scheduler_address, monkeypatch):
+    monkeypatch.setenv(SCHEDULER_ENV_VAR, scheduler_address)
+    with dm.connect() as client:
+        assert client.scheduler.address == scheduler_address
+
+
+def test_explicit_argument_wins_over_the_environment(scheduler_address, monkeypatch):
+    monkeypatch.setenv(SCHEDULER_ENV_VAR, "tcp://127.0.0.1:1")  # nothing listens there
+    with dm.connect(scheduler_address) as client:
+        assert client.scheduler.address == scheduler_address
+
+
+@pytest.mark.parametrize("bad", [8786, 1.5, ["tcp://a:1"]])
+def test_bad_scheduler_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="scheduler must be a distributed.Client"):
+        dm.connect(bad)
+
+
+def test_embedded_cluster_is_sized_to_the_machine(monkeypatch, run_path, expected):
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    with dm.connect(dashboard_address=None) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert len(workers) == os.cpu_count()
+        assert all(worker["nthreads"] == 1 for worker in workers)
+        share = 0.9 * psutil.virtual_memory().total / os.cpu_count()
+        assert all(abs(worker["memory_limit"] - share) < 2**20 for worker in workers)
+        pids = set(client.run(os.getpid).values())
+        assert os.getpid() not in pids and len(pids) == os.cpu_count()
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+
+
+def test_threaded_local_cluster_runs_in_this_process(monkeypatch, run_path, expected):
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    with dm.connect(processes=False, n_workers=1, threads_per_worker=2) as client:
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "address"])
+def test_demo_runs_on_the_chosen_scheduler(scheduler, scheduler_address, tmp_path):
+    chosen = scheduler_address if scheduler == "address" else "threads"
+    output = tmp_path / "demo.zarr"
+    completed = subprocess.run(
+        [sys.executable, "-m", "daskmask", "demo", "--scheduler", chosen, "--output", output],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR},
+    )
+    assert completed.returncode == 0, completed.stderr
+    first = completed.stdout.splitlines()[0]
+    if scheduler == "threads":
+        assert first.startswith("Scheduler: dask's threads in this process")
+    else:
+        assert first.startswith("Dask dashboard:")
+    assert "Detrended: mean 0.00, std 0.00" in completed.stdout
+    assert dm.open_results(output).signals.shape == (2, 84767)
