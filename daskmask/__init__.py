@@ -5,9 +5,10 @@ by reductions over time chunks on Dask; the masker follows nilearn's
 parameters, defaults and results.
 """
 
-from daskmask import datasets, signal
+import importlib
+
+from daskmask import signal
 from daskmask._version import __version__
-from daskmask.cluster import connect
 from daskmask.masker import NiftiMasker
 from daskmask.masking import (
     compute_background_mask,
@@ -20,7 +21,6 @@ from daskmask.masking import (
     mean_img,
 )
 from daskmask.reading import open_nifti
-from daskmask.storage import Results, open_results, save
 
 __all__ = [
     "NiftiMasker",
@@ -43,10 +43,28 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # plotting and reporting import matplotlib: load them on first use only.
-    if name in ("plotting", "reporting"):
-        import importlib
+#: Loaded on first use, so that ``import daskmask`` stays light (a small run must
+#: not pay for zarr, distributed, the generator or matplotlib): name -> (module, attribute).
+_LAZY = {
+    "connect": ("daskmask.cluster", "connect"),
+    "datasets": ("daskmask.datasets", None),
+    "plotting": ("daskmask.plotting", None),
+    "reporting": ("daskmask.reporting", None),
+    "Results": ("daskmask.storage", "Results"),
+    "open_results": ("daskmask.storage", "open_results"),
+    "save": ("daskmask.storage", "save"),
+}
 
-        return importlib.import_module(f"daskmask.{name}")
-    raise AttributeError(f"module 'daskmask' has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'daskmask' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

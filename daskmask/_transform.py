@@ -31,7 +31,7 @@ from daskmask.extraction import (
     unmask_to_file,
 )
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import gzip_source, source_key
+from daskmask.reading._decode import gzip_source, source_key, with_time_chunks
 from daskmask.signal import clean
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
     decoded = _cached_decode(masker, run)
     if isinstance(imgs, xr.DataArray) or run.ndim != 4:
         if decoded is not None:
-            return _with_data(run, decoded, run.data.chunks)
+            return _with_data(run, decoded, max(run.data.chunks[-1]))
         return run
     copies = int(masker.smoothing_fwhm is not None)
     copies += int(masker.target_affine is not None or masker.target_shape is not None)
@@ -106,7 +106,7 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> xr.DataArray:
         volume_copies=copies,
     )
     if decoded is not None:
-        return _with_data(run, decoded, {3: volumes})
+        return _with_data(run, decoded, volumes)
     return open_nifti(imgs, chunks=volumes)
 
 
@@ -124,9 +124,9 @@ def _cached_decode(masker: NiftiMasker, run: xr.DataArray) -> xr.DataArray | Non
     return decoded
 
 
-def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunks: Any) -> xr.DataArray:
-    """``run`` (coords, attrs) over the decoded values, in the given time chunks."""
-    data = decoded.data.rechunk(chunks)
+def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunk_volumes: int) -> xr.DataArray:
+    """``run`` (coords, attrs) over the decoded values, ``chunk_volumes`` per time chunk."""
+    data = with_time_chunks(decoded, chunk_volumes)
     return run.copy(data=data).assign_attrs(decoded_store=decoded.attrs["decoded_store"])
 
 

@@ -71,7 +71,7 @@ def test_decoded_values_and_mean_equal_nibabel(tmp_path, case, chunk_volumes):
     assert np.asarray(mean, order="C").tobytes() == np.asarray(reference, order="C").tobytes()
     assert decoded.dims == run.dims and decoded.attrs["source"] == run.attrs["source"]
     np.testing.assert_array_equal(decoded["time"], run["time"])
-    assert os.path.isdir(decoded.attrs["decoded_store"])
+    assert os.path.isfile(decoded.attrs["decoded_store"])
 
 
 def test_decode_refuses_other_inputs(tmp_path):

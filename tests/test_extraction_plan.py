@@ -102,3 +102,27 @@ def test_bad_plan_arguments(kwargs, error):
     arguments.update(kwargs)
     with pytest.raises(error):
         plan_extraction(**arguments)
+
+
+@given(runs(), st.integers(1, 16))
+def test_parallelism_only_splits_blocks_further(run, parallelism):
+    n_time, time_chunks, n_voxels, itemsize, block_bytes = run
+    base = plan_extraction(n_time, time_chunks, n_voxels, itemsize, block_bytes)
+    plan = plan_extraction(
+        n_time, time_chunks, n_voxels, itemsize, block_bytes, parallelism=parallelism
+    )
+    assert sum(plan.voxel_chunks) == n_voxels
+    assert plan.voxel_block <= base.voxel_block
+    assert plan.n_blocks >= base.n_blocks
+    if base.n_blocks == 1:
+        assert plan == base  # a run that fits one block is not split
+
+
+@pytest.mark.parametrize(
+    ("n_voxels", "parallelism", "expected_blocks"),
+    [(134_979, 2, 6), (134_979, 1, 5), (134_979, 4, 8), (134_979, 3, 6), (20_000, 2, 1)],
+)
+def test_block_count_is_a_multiple_of_the_threads(n_voxels, parallelism, expected_blocks):
+    # HCP-like: 1200 float32 time points, 128 MiB blocks -> 5 blocks of 27,962 voxels alone
+    plan = plan_extraction(1200, (1200,), n_voxels, 4, 128 * 2**20, parallelism=parallelism)
+    assert plan.n_blocks == expected_blocks

@@ -6,11 +6,10 @@ import math
 
 import dask
 import pytest
-from dask.utils import parse_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskmask.reading._chunks import plan_time_chunks, volumes_per_chunk
+from daskmask.reading._chunks import default_chunk_bytes, plan_time_chunks, volumes_per_chunk
 
 spatial_shapes = st.tuples(*(st.integers(1, 64) for _ in range(3)))
 itemsizes = st.sampled_from([1, 2, 4, 8, 16])
@@ -72,9 +71,9 @@ def test_auto_uses_dask_chunk_size(spatial, n_volumes, itemsize):
     assert auto == plan_time_chunks(shape, itemsize, "64KiB")
 
 
-def test_auto_default_is_dask_default():
+def test_auto_default_is_the_task_budget():
     shape = (91, 109, 91, 1200)
-    expected_bytes = parse_bytes(dask.config.get("array.chunk-size"))
+    expected_bytes = default_chunk_bytes()
     per_chunk = volumes_per_chunk(shape, 4, "auto")
     assert per_chunk == expected_bytes // (91 * 109 * 91 * 4)
 

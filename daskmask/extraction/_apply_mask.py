@@ -21,6 +21,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
+from daskmask._memory import total_threads
 from daskmask.extraction import _store
 from daskmask.extraction._plan import (
     ExtractionPlan,
@@ -341,6 +342,7 @@ def extract_signals(
         block_bytes,
         strategy=strategy,
         voxel_block=voxel_block,
+        parallelism=total_threads(),
     )
     return to_voxel_blocks(masked, plan)
 

@@ -164,6 +164,7 @@ def plan_extraction(
     *,
     strategy: StrategyRequest = "auto",
     voxel_block: int | None = None,
+    parallelism: int = 1,
 ) -> ExtractionPlan:
     """Choose the voxel block size and the strategy of the time-to-voxel reorganisation.
 
@@ -185,6 +186,10 @@ def plan_extraction(
     voxel_block : int or None, default=None
         Voxels per block; None chooses the largest block of ``n_timepoints``
         values per voxel that fits in ``block_bytes`` (at least one voxel).
+    parallelism : int, default=1
+        Threads that will clean the blocks. When the run needs several
+        blocks, their number is rounded up to a multiple of it (each block
+        shrinks a little) so that the last round keeps every thread busy.
 
     Returns
     -------
@@ -215,6 +220,10 @@ def plan_extraction(
     if voxel_block is None:
         per_voxel = max(1, n_timepoints * itemsize)
         voxel_block = max(1, min(max(n_voxels, 1), budget // per_voxel))
+        n_blocks = -(-n_voxels // voxel_block)
+        if n_blocks > 1 and parallelism > 1:
+            n_blocks = -(-n_blocks // parallelism) * parallelism
+            voxel_block = max(1, -(-n_voxels // n_blocks))
     elif isinstance(voxel_block, bool) or int(voxel_block) <= 0:
         raise ValueError(f"voxel_block must be a positive int; got {voxel_block!r}.")
     voxel_block = int(voxel_block)

@@ -28,6 +28,8 @@ from typing import Any
 import dask
 import numpy as np
 
+from daskmask._rawio import read_exactly, write_exactly
+
 #: Name of the Zarr array inside a temporary directory (unmasking).
 SIGNALS = "signals.zarr"
 #: Name of the raw ``(time, voxel)`` file of the extraction intermediate.
@@ -149,13 +151,9 @@ def write_rows(block: np.ndarray, path: str, start: int) -> int:
 
     """
     block = np.ascontiguousarray(block)
-    view = memoryview(block).cast("B")
-    offset = start * block.shape[1] * block.itemsize
     fd = os.open(path, os.O_WRONLY)
     try:
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        write_exactly(fd, memoryview(block).cast("B"), start * block.shape[1] * block.itemsize)
     finally:
         os.close(fd)
     return int(block.shape[0])
@@ -187,18 +185,12 @@ def read_columns(
     n_rows, n_columns = (int(n) for n in shape)
     block = np.empty((n_rows, stop - start), dtype=np.dtype(dtype))
     row_bytes = n_columns * block.itemsize
-    # One pread per row into the block: a memory map would count every page
-    # it touches in the process's resident memory.
+    # One pread per row of the block (see daskmask._rawio on memory maps).
     fd = os.open(path, os.O_RDONLY)
     try:
         for row in range(n_rows):
-            target = memoryview(block[row]).cast("B")
             offset = row * row_bytes + start * block.itemsize
-            while target:
-                read = os.preadv(fd, [target], offset)
-                if read == 0:
-                    raise OSError(f"{path} ends before row {row}")
-                target, offset = target[read:], offset + read
+            read_exactly(fd, memoryview(block[row]).cast("B"), offset)
     finally:
         os.close(fd)
     done = os.path.join(root, DONE)

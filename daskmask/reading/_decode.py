@@ -33,6 +33,7 @@ import xarray as xr
 from dask.base import tokenize
 from nibabel.volumeutils import apply_read_scaling
 
+from daskmask._rawio import read_exactly, write_exactly
 from daskmask.exceptions import NiftiReadError
 from daskmask.extraction._store import TemporaryStore
 from daskmask.masking._mean import _accumulator_dtype, _fold_volumes, _mean_dtype
@@ -40,8 +41,8 @@ from daskmask.reading._array import ProxySpec, spec_from_proxy
 
 __all__ = ["decode_once", "decoder_name", "gzip_source", "measure_decoders", "source_key"]
 
-#: Name of the Zarr array inside the temporary directory.
-DECODED = "decoded.zarr"
+#: Name of the raw file of decoded volumes inside the temporary directory.
+DECODED = "decoded.raw"
 
 #: Decoders by documented speed on this kind of data (architecture anchors,
 #: part B: isal 0.5-0.8 GB/s, zlib-ng 0.4-0.9 GB/s, stdlib 0.2 GB/s).
@@ -181,12 +182,37 @@ class _DecodedArray:
         self.dtype = np.dtype(dtype)
         self.ndim = len(shape)
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        import zarr
+    @property
+    def path(self) -> str:
+        return os.path.join(os.fspath(self.store), DECODED)
 
-        array = zarr.open_array(os.path.join(os.fspath(self.store), DECODED), mode="r")
-        block = array[tuple(reversed(key))].transpose()
-        return np.asarray(block, dtype=self.dtype)
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        # Read the whole volumes of the time range with one pread into a
+        # C-ordered (time, z, y, x) buffer: its transpose is the Fortran-ordered
+        # (x, y, z, time) slab, without a copy; then apply the spatial part.
+        start, stop, step = key[3].indices(self.shape[3])
+        n_volumes = max(0, stop - start)
+        spatial = self.shape[:3]
+        slab = np.empty((n_volumes, *spatial[::-1]), dtype=self.dtype)
+        volume_bytes = int(np.prod(spatial)) * self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            read_exactly(fd, memoryview(slab).cast("B"), start * volume_bytes)
+        finally:
+            os.close(fd)
+        volumes = slab.transpose()[..., ::step]
+        return volumes[key[:3]] if any(k != slice(None) for k in key[:3]) else volumes
+
+
+def _read_into(stream: IO[bytes], target: memoryview) -> int:
+    """Fill ``target`` from ``stream``; return the bytes read (fewer only at the end)."""
+    filled = 0
+    while filled < len(target):
+        read = stream.readinto(target[filled:])
+        if not read:
+            break
+        filled += read
+    return filled
 
 
 def decode_once(
@@ -223,8 +249,6 @@ def decode_once(
         If the file is truncated or its gzip stream is corrupt.
 
     """
-    import zarr
-
     path = gzip_source(run)
     if path is None:
         raise ValueError("decode_once needs a 4-D run opened by open_nifti from one .nii.gz")
@@ -235,23 +259,18 @@ def decode_once(
     on_disk = np.dtype(spec.on_disk_dtype)
     stored = run.dtype.newbyteorder("=")
     store = TemporaryStore(prefix="daskmask-decoded-", directory=os.fspath(store_root))
-    target = zarr.create_array(
-        store=os.path.join(store.root, DECODED),
-        shape=(n_volumes, *spatial[::-1]),
-        chunks=(chunk_volumes, *spatial[::-1]),
-        dtype=stored,
-        compressors=None,  # uncompressed: the fastest to write and to read back
-        fill_value=0,
-        zarr_format=3,
-    )
+    decoded_path = os.path.join(store.root, DECODED)
+    stored_volume_bytes = int(np.prod(spatial)) * stored.itemsize
     accumulator = _accumulator_dtype(run.dtype)
     running: list[np.ndarray | None] = [None]
     volume_bytes = int(np.prod(spatial)) * on_disk.itemsize
     opener = _opener(decoder_name())
     assert opener is not None
 
-    def write_and_fold(start: int, slab: np.ndarray) -> None:
-        target[start : start + slab.shape[3]] = slab.T
+    def write_and_fold(fd: int, start: int, slab: np.ndarray) -> None:
+        # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time): one write.
+        rows = np.ascontiguousarray(slab.T, dtype=stored)
+        write_exactly(fd, memoryview(rows).cast("B"), start * stored_volume_bytes)
         running[0] = _fold_volumes(running[0], slab, accumulator)
 
     pending: Future[None] | None = None
@@ -260,20 +279,27 @@ def decode_once(
         # folds it into the mean while slab n + 1 is inflated (the decoders,
         # the file writes and numpy's additions release the GIL). A single
         # helper keeps the slabs, hence the floating-point sum, in time order.
-        with opener(path, "rb") as stream, ThreadPoolExecutor(1) as helper:
+        # Two buffers, inflated into in turn: a fresh 30-100 MB bytes object
+        # per slab would be mapped and page-faulted afresh every time, which
+        # doubled the time of this pass on the benchmark machine.
+        buffers = [bytearray(chunk_volumes * volume_bytes) for _ in range(2)]
+        fd = os.open(decoded_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        with opener(path, "rb") as stream, ThreadPoolExecutor(1) as helper, os.fdopen(fd, "wb"):
             if len(stream.read(spec.offset)) != spec.offset:
                 raise EOFError("the stream ends inside the header")
-            for start in range(0, n_volumes, chunk_volumes):
+            for index, start in enumerate(range(0, n_volumes, chunk_volumes)):
                 count = min(chunk_volumes, n_volumes - start)
-                raw_bytes = stream.read(count * volume_bytes)
-                if len(raw_bytes) != count * volume_bytes:
+                # The helper finished with this buffer: its job was awaited
+                # before the previous slab was handed over.
+                raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
+                if _read_into(stream, raw_bytes) != count * volume_bytes:
                     raise EOFError(f"the stream ends before volume {start + count - 1}")
                 # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time).
                 raw = np.frombuffer(raw_bytes, dtype=on_disk).reshape(count, *spatial[::-1])
                 slab = _scale(raw.transpose(), spec, run.dtype)
                 if pending is not None:
                     pending.result()
-                pending = helper.submit(write_and_fold, start, slab)
+                pending = helper.submit(write_and_fold, fd, start, slab)
                 del raw_bytes, raw, slab
             if pending is not None:
                 pending.result()
@@ -290,15 +316,48 @@ def decode_once(
     mean = np.asarray((running[0] / np.intp(n_volumes)).astype(_mean_dtype(run.dtype)))
 
     array = _DecodedArray(store, tuple(run.shape), run.dtype)
+    data = _decoded_dask_array(array, source_key(path), chunk_volumes)
+    attrs = {**run.attrs, "decoded_store": decoded_path}
+    decoded = xr.DataArray(data, dims=run.dims, coords=run.coords, attrs=attrs, name=run.name)
+    decoded.encoding["decoded_array"] = array
+    decoded.encoding["source_key"] = source_key(path)
+    return decoded, mean
+
+
+def _decoded_dask_array(array: _DecodedArray, key: Any, chunk_volumes: int) -> da.Array:
+    """Dask array over the decoded store, ``chunk_volumes`` whole volumes per chunk."""
+    n_volumes = array.shape[3]
+    chunk_volumes = max(1, min(int(chunk_volumes), n_volumes))
     time_chunks = tuple(
         min(chunk_volumes, n_volumes - start) for start in range(0, n_volumes, chunk_volumes)
     )
-    chunks = (*((size,) for size in spatial), time_chunks)
-    name = "decoded-" + tokenize(source_key(path), store.root, chunks)
-    meta = np.empty((0,) * 4, dtype=run.dtype)
-    data = da.from_array(
+    chunks = (*((size,) for size in array.shape[:3]), time_chunks)
+    name = "decoded-" + tokenize(key, os.fspath(array.store), chunks)
+    meta = np.empty((0,) * 4, dtype=array.dtype)
+    return da.from_array(
         array, chunks=chunks, name=name, meta=meta, inline_array=True, asarray=False
     )
-    attrs = {**run.attrs, "decoded_store": os.path.join(store.root, DECODED)}
-    decoded = xr.DataArray(data, dims=run.dims, coords=run.coords, attrs=attrs, name=run.name)
-    return decoded, mean
+
+
+def with_time_chunks(decoded: xr.DataArray, chunk_volumes: int) -> da.Array:
+    """Return the decoded values of ``decoded`` read ``chunk_volumes`` volumes per task.
+
+    Each task reads its slab straight from the store (a Fortran-ordered
+    view of the stored bytes); rechunking the existing dask array instead
+    would copy every slab into C order on the way.
+
+    Parameters
+    ----------
+    decoded : xarray.DataArray
+        A run returned by :func:`decode_once`.
+    chunk_volumes : int
+        Volumes per time chunk.
+
+    Returns
+    -------
+    dask.array.Array
+
+    """
+    return _decoded_dask_array(
+        decoded.encoding["decoded_array"], decoded.encoding["source_key"], chunk_volumes
+    )
