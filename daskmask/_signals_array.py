@@ -31,7 +31,7 @@ def signals_dataarray(
     time: Any = None,
     masker_params: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
-    mean_image: da.Array | None = None,
+    mean_image: da.Array | np.ndarray | None = None,
     mean_image_affine: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Wrap masked signals with their voxel coordinates and metadata.
@@ -48,7 +48,7 @@ def signals_dataarray(
         Time coordinate (seconds or index); None gives ``arange``.
     masker_params, provenance : dict or None
         Estimator parameters and input provenance (made JSON-safe).
-    mean_image : dask.array.Array or None
+    mean_image : dask.array.Array, numpy.ndarray or None
         Lazy 3D mean of the input over time.
     mean_image_affine : numpy.ndarray or None
         Affine of ``mean_image``'s grid (the input's).

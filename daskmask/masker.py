@@ -25,10 +25,10 @@ from daskmask.exceptions import NotFittedError
 from daskmask.extraction._store import temporary_base
 from daskmask.image import resample_img
 from daskmask.masking import compute_background_mask, compute_brain_mask, compute_epi_mask
-from daskmask.masking._mean import precomputed_mean_image
+from daskmask.masking._mean import mean_volume, precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import decode_once, gzip_source, source_key
+from daskmask.reading._decode import decode_once, file_source, gzip_source, source_key
 
 #: mask_strategy -> (mask function, arguments the masker fixes itself).
 MASK_STRATEGIES: dict[str, tuple[Callable[..., nib.Nifti1Image], dict[str, Any]]] = {
@@ -226,7 +226,7 @@ class NiftiMasker(BaseEstimator):
             data = open_nifti(imgs)
 
         mask_img = self._load_user_mask()
-        decoded_cache = None
+        decoded_cache = mean_cache = None
         if mask_img is None:
             if data is None:
                 raise ValueError(
@@ -234,7 +234,7 @@ class NiftiMasker(BaseEstimator):
                     "if no mask is passed to mask_img."
                 )
             log("Computing mask", self.verbose)
-            mask_img, decoded_cache = self._compute_mask(data)
+            mask_img, decoded_cache, mean_cache = self._compute_mask(data)
         elif data is not None:
             warnings.warn(
                 f"[{type(self).__name__}.fit] Generation of a mask has been requested "
@@ -263,6 +263,8 @@ class NiftiMasker(BaseEstimator):
         self.n_elements_ = int(mask.sum())
         if decoded_cache is not None:
             self._decoded_cache = decoded_cache
+        if mean_cache is not None:
+            self._mean_cache = mean_cache
         if self.reports:
             self._reporting_data = {
                 "images": data,
@@ -381,6 +383,7 @@ class NiftiMasker(BaseEstimator):
             "clean_args_",
             "_reporting_data",
             "_decoded_cache",
+            "_mean_cache",
         ):
             self.__dict__.pop(name, None)
 
@@ -402,13 +405,15 @@ class NiftiMasker(BaseEstimator):
 
     def _compute_mask(
         self, data: xr.DataArray
-    ) -> tuple[nib.Nifti1Image, tuple[tuple[str, int, int], xr.DataArray] | None]:
-        """Compute the mask of ``data``; also return the decoded-run cache, if any.
+    ) -> tuple[nib.Nifti1Image, tuple[Any, xr.DataArray] | None, tuple[Any, np.ndarray] | None]:
+        """Compute the mask of ``data``; also return the decoded-run and mean caches.
 
-        A mean-based strategy on one .nii.gz inflates it once
-        (:func:`~daskmask.reading._decode.decode_once`): the mean gives the
-        mask, and the decoded copy, keyed by the file's path, size and
-        modification time, serves ``transform`` of the same file.
+        A mean-based strategy on a run read from one file computes the mean
+        over time here, keyed by the file's path, size and modification time
+        (``transform`` of the same file reuses it for the signals' mean image
+        instead of reducing the run again). On a .nii.gz the mean comes from
+        one inflate pass (:func:`~daskmask.reading._decode.decode_once`) whose
+        decoded copy serves ``transform`` too.
         """
         try:
             mask_function, fixed_args = MASK_STRATEGIES[self.mask_strategy]
@@ -421,17 +426,23 @@ class NiftiMasker(BaseEstimator):
         mask_args = _supported_mask_args(
             mask_function, fixed_args, self.mask_args or {}, self.mask_strategy
         )
-        image, cache = data, None
-        path = gzip_source(data) if self.mask_strategy in _MEAN_STRATEGIES else None
+        image, decoded_cache, mean_cache = data, None, None
+        path = None
+        if self.mask_strategy in _MEAN_STRATEGIES and isinstance(data, xr.DataArray):
+            path = file_source(data)
         if path is not None:
             key = source_key(path)
-            volumes = data.chunks[3][0] if data.chunks else data.shape[3]
-            decoded, mean = decode_once(data, temporary_base(), chunk_volumes=volumes)
-            image, cache = precomputed_mean_image(mean, data), (key, decoded)
+            if gzip_source(data) is not None:
+                volumes = data.chunks[3][0] if data.chunks else data.shape[3]
+                decoded, mean = decode_once(data, temporary_base(), chunk_volumes=volumes)
+                decoded_cache = (key, decoded)
+            else:
+                mean = mean_volume(data)
+            image, mean_cache = precomputed_mean_image(mean, data), (key, mean)
         mask_img = mask_function(
             image, verbose=max(0, int(self.verbose) - 1), **fixed_args, **mask_args
         )
-        return mask_img, cache
+        return mask_img, decoded_cache, mean_cache
 
 
 def _supported_mask_args(

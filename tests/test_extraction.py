@@ -409,3 +409,29 @@ def test_peak_memory_is_bounded_by_the_block_size(tmp_path, big_run):
     mask = (((grid - centre) / radius) ** 2).sum(axis=0) <= 1
     first = np.asarray(image.dataobj[..., :3]).astype(np.float32)
     np.testing.assert_array_equal(stored[:3], first[mask].T)
+
+
+def test_stores_of_killed_processes_are_removed(tmp_path):
+    from daskmask.extraction._store import TemporaryStore
+
+    script = (
+        "import os, signal, sys\n"
+        "from daskmask.extraction._store import TemporaryStore\n"
+        "store = TemporaryStore(directory=sys.argv[1])\n"
+        "print(store.root, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)  # no finaliser runs\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+    )
+    orphan = killed.stdout.strip()
+    assert killed.returncode == -9 and os.path.isdir(orphan)
+    other_host = tmp_path / "daskmask-extract-elsewhere-1-abcd"
+    other_host.mkdir()
+    mine = TemporaryStore(directory=str(tmp_path))
+    other_prefix = TemporaryStore(prefix="daskmask-decoded-", directory=str(tmp_path))
+    assert not os.path.exists(orphan)
+    assert other_host.is_dir() and os.path.isdir(mine.root) and os.path.isdir(other_prefix.root)
+    # a second store of this (live) process leaves the first one alone
+    second = TemporaryStore(directory=str(tmp_path))
+    assert os.path.isdir(mine.root) and os.path.isdir(second.root)

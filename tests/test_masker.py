@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import re
 import warnings
 from pathlib import Path
 
+import dask.array as da
 import nibabel as nib
 import numpy as np
 import pytest
@@ -381,3 +383,23 @@ def test_five_dimensional_input_is_a_dimension_error(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 2, 3), dtype=np.float32), np.eye(4)), path)
     with pytest.raises(DimensionError):
         NiftiMasker().fit(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_transform_reuses_the_mean_fit_computed_from_the_same_file(tmp_path, suffix):
+    path = generate_epi(tmp_path / f"run{suffix}", shape=(12, 14, 10), n_timepoints=15, seed=2)
+    expected = np.asanyarray(nib.load(path).dataobj).mean(axis=-1, dtype=np.float64)
+    masker = NiftiMasker(mask_strategy="epi").fit(path)
+    reused = masker.transform(path).attrs["mean_image"]
+    assert isinstance(reused, np.ndarray) and reused.dtype == np.float64
+    np.testing.assert_array_equal(reused, expected)
+    # A derived array, another file or a newer version of the file: computed lazily.
+    other = generate_epi(tmp_path / f"other{suffix}", shape=(12, 14, 10), n_timepoints=15)
+    derived = open_nifti(path) * 1
+    for source in (derived, other):
+        assert isinstance(masker.transform(source).attrs["mean_image"], da.Array)
+    stat = Path(path).stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 5))
+    lazy = masker.transform(path).attrs["mean_image"]
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), expected)

@@ -298,7 +298,7 @@ def test_store_is_self_describing_for_plain_zarr(tmp_path):
     (codec,) = signals.compressors
     assert codec.to_dict()["configuration"] == {
         "typesize": 4,
-        "cname": "zstd",
+        "cname": "lz4",
         "clevel": 5,
         "shuffle": "shuffle",
         "blocksize": 0,

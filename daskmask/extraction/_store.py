@@ -14,13 +14,16 @@ Lifetime of the directory (``<tmp>/daskmask-extract-XXXX``):
   its finaliser removes the directory (also at interpreter exit).
 
 Any later compute re-runs stage 1, which recreates the store: the result stays
-a normal, recomputable lazy array.
+a normal, recomputable lazy array. A process killed before its finalisers run
+leaves its directories behind; their names carry the host and process id, and
+the next store created on that host removes them (:func:`remove_orphans`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import weakref
 from typing import Any
@@ -65,6 +68,62 @@ def _remove(root: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+#: Host name in the directory names, so that orphans are only judged on their own host.
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def remove_orphans(directory: str, prefix: str) -> list[str]:
+    """Remove the temporary stores of ``prefix`` whose process is gone.
+
+    A process killed before its finalisers ran (SIGKILL, a notebook kernel
+    shut down at once, an out-of-memory kill) leaves its stores behind. Their
+    names carry the host and the process id of their owner; a store of this
+    host whose owner no longer runs is removed. Stores of other hosts (on a
+    shared file system) are left alone.
+
+    Parameters
+    ----------
+    directory : str
+        Where the stores are.
+    prefix : str
+        Their name prefix, e.g. ``"daskmask-extract-"``.
+
+    Returns
+    -------
+    list of str
+        The paths removed.
+
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        owner = name[len(prefix) :].split("-")
+        if not name.startswith(prefix) or len(owner) < 3 or owner[0] != _HOST:
+            continue
+        try:
+            pid = int(owner[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            path = os.path.join(directory, name)
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class TemporaryStore(os.PathLike):
     """A reserved temporary directory, removed when this object is collected.
 
@@ -82,7 +141,10 @@ class TemporaryStore(os.PathLike):
     """
 
     def __init__(self, prefix: str = "daskmask-extract-", directory: str | None = None) -> None:
-        self.root = tempfile.mkdtemp(prefix=prefix, dir=directory or temporary_base())
+        directory = directory or temporary_base()
+        remove_orphans(directory, prefix)
+        owner = f"{prefix}{_HOST}-{os.getpid()}-"
+        self.root = tempfile.mkdtemp(prefix=owner, dir=directory)
         self._finalizer = weakref.finalize(self, _remove, self.root)
 
     def __fspath__(self) -> str:

@@ -39,7 +39,14 @@ from daskmask.extraction._store import TemporaryStore
 from daskmask.masking._mean import _accumulator_dtype, _fold_volumes, _mean_dtype
 from daskmask.reading._array import ProxySpec, spec_from_proxy
 
-__all__ = ["decode_once", "decoder_name", "gzip_source", "measure_decoders", "source_key"]
+__all__ = [
+    "decode_once",
+    "decoder_name",
+    "file_source",
+    "gzip_source",
+    "measure_decoders",
+    "source_key",
+]
 
 #: Name of the raw file of decoded volumes inside the temporary directory.
 DECODED = "decoded.raw"
@@ -122,12 +129,13 @@ def source_key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
     return absolute, stat.st_size, stat.st_mtime_ns
 
 
-def gzip_source(run: xr.DataArray) -> str | None:
-    """Return the ``.nii.gz`` file ``run`` reads unchanged, or None.
+def file_source(run: xr.DataArray) -> str | None:
+    """Return the NIfTI file ``run`` reads unchanged, or None.
 
     True only for a DataArray straight from :func:`daskmask.open_nifti` of
-    one gzip-compressed NIfTI file (its dask array is the reader's, not a
-    derived one), 4-D, with a numeric data type.
+    one file (its dask array is the reader's, not a derived one), 4-D, with a
+    numeric data type: what ``fit`` computed from such a run (its mean, its
+    decoded copy) is valid for ``transform`` of the same file version.
 
     Parameters
     ----------
@@ -152,10 +160,32 @@ def gzip_source(run: xr.DataArray) -> str | None:
         or not os.path.isfile(source)
     ):
         return None
+    return os.path.abspath(source)
+
+
+def gzip_source(run: xr.DataArray) -> str | None:
+    """Return the ``.nii.gz`` file ``run`` reads unchanged, or None.
+
+    As :func:`file_source`, for a gzip-compressed file only.
+
+    Parameters
+    ----------
+    run : xarray.DataArray
+        A run.
+
+    Returns
+    -------
+    str or None
+        The absolute path of the file.
+
+    """
+    source = file_source(run)
+    if source is None:
+        return None
     with open(source, "rb") as raw:
         if raw.read(2) != b"\x1f\x8b":
             return None
-    return os.path.abspath(source)
+    return source
 
 
 def _scale(raw: np.ndarray, spec: ProxySpec, dtype: np.dtype) -> np.ndarray:

@@ -25,8 +25,16 @@ from daskmask.storage._guarded import GuardedLocalStore
 
 
 def default_compressors() -> tuple[BytesBytesCodec, ...]:
-    """Return the codecs of a deliverable store: Blosc zstd level 5 with byte shuffle."""
-    return (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),)
+    """Return the codecs of a deliverable store: Blosc lz4 level 5 with byte shuffle.
+
+    Cleaned fMRI signals are noise-like float32 and compress little. Measured
+    on z-scored HCP-sized signals (1200 x 45,000 float32, 216 MB, chunks of
+    1200 x 7,500): lz4-5 writes in 0.36 s for a ratio of 1.07, zstd-5 in
+    1.53 s for 1.16, zstd-1 in 0.79 s for 1.09. lz4 keeps the write off the
+    critical path; pass ``compressor=[BloscCodec(cname="zstd", clevel=5,
+    shuffle="shuffle")]`` for smaller files.
+    """
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def _compressors(compressor: Any) -> tuple[BytesBytesCodec, ...]:
@@ -148,7 +156,7 @@ def save(
         once the new one is complete. Only Zarr stores (or empty
         directories) are ever replaced.
     compressor : "default", None, or zarr codec(s)
-        ``"default"``: Blosc zstd level 5 with byte shuffle; None:
+        ``"default"``: Blosc lz4 level 5 with byte shuffle; None:
         uncompressed; or one or more zarr v3 bytes-to-bytes codecs.
     mask_img : nibabel image, optional
         The mask, instead of the one rebuilt from ``i, j, k`` and
