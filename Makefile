@@ -6,7 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean browser
+BENCH_INPUTS ?= walkthrough hcp-nii hcp-gz hcp-2x
+
+.PHONY: demo test bench lint format clean browser
 
 demo: $(STAMP)
 	$(BIN)/python -m daskmask demo
@@ -14,6 +16,10 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check daskmask tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# daskmask against nilearn and the machine (benchmarks/README.md); BENCH_INPUTS=huge for 30 GB.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_masker.py --inputs $(BENCH_INPUTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daskmask tests benchmarks

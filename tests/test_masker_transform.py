@@ -20,7 +20,7 @@ import pytest
 import xarray as xr
 from nilearn.maskers import NiftiMasker as NilearnNiftiMasker
 
-from daskmask import NiftiMasker
+from daskmask import NiftiMasker, open_nifti
 from daskmask.datasets import generate_epi
 from daskmask.exceptions import NotFittedError
 
@@ -301,3 +301,34 @@ def test_inverse_transform_of_wrong_shape(runs):
     masker = NiftiMasker().fit(str(runs["generated-raw"]))
     with pytest.raises(ValueError, match="wrong shape"):
         masker.inverse_transform(np.zeros(masker.n_elements_ + 1))
+
+
+@pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
+def test_transform_graph_grows_with_chunks_not_voxels(tmp_path, standardize):
+    """O(time slabs + voxel blocks) tasks: doubling the time points at most doubles them."""
+    import dask
+
+    def graph_size(n_timepoints: int) -> tuple[int, int]:
+        path = generate_epi(
+            tmp_path / f"run{n_timepoints}.nii", shape=(20, 24, 18), n_timepoints=n_timepoints
+        )
+        masker = NiftiMasker(mask_strategy="epi", detrend=True, standardize=standardize)
+        signals = masker.fit(path).transform(path).data
+        n_slabs = len(open_nifti(path, chunks=signals_slab(masker, n_timepoints)).chunks[3])
+        return len(signals.__dask_graph__()), n_slabs + signals.numblocks[1]
+
+    with dask.config.set({"daskmask.block-bytes": "128KiB"}):
+        tasks, chunks = zip(*(graph_size(n) for n in (100, 200, 400)), strict=True)
+    assert chunks[0] > 10  # the budget really splits the runs
+    for n_tasks, n_chunks in zip(tasks, chunks, strict=True):
+        assert n_tasks <= 4 * n_chunks + 10
+    assert tasks[1] <= 2 * tasks[0] + 10 and tasks[2] <= 2 * tasks[1] + 10
+
+
+def signals_slab(masker: NiftiMasker, n_timepoints: int) -> int:
+    """Volumes per time slab that transform reads the run in (its task budget)."""
+    from daskmask.extraction import output_dtype, slab_volumes
+
+    return slab_volumes(
+        (20, 24, 18), np.int16, masker.n_elements_, output_dtype(np.int16), n_timepoints
+    )
