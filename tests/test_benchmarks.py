@@ -1,0 +1,40 @@
+"""The benchmark script runs end to end (figures are measured by it, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_masker.py"
+
+
+def test_benchmark_runs_every_job_on_the_walkthrough_input(tmp_path):
+    output = tmp_path / "results.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--inputs",
+            "walkthrough",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads(output.read_text())
+    jobs = {entry["job"]: entry for entry in results}
+    expected = {"cold-read", "decode-pass", "nilearn", "daskmask-memory", "daskmask-zarr"}
+    assert set(jobs) == expected
+    assert all(entry["ok"] and entry["seconds"] > 0 and entry["peak_mib"] > 0 for entry in results)
+    # nilearn and daskmask both extracted the same number of time points and voxels
+    assert jobs["nilearn"]["detail"] == jobs["daskmask-memory"]["detail"]
+    assert jobs["daskmask-zarr"]["detail"] == jobs["nilearn"]["detail"]
+    assert "wall x" in completed.stdout and "of one decode pass" in completed.stdout
+    assert (tmp_path / "work" / "walkthrough.zarr").is_dir()
