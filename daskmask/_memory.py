@@ -45,14 +45,35 @@ MIN_AUTO_BYTES = 4 * 2**20
 MAX_AUTO_BYTES = 32 * 2**20
 
 
-def _as_bytes(value: object, name: str) -> int:
-    """Parse a configured size; a clear error if it is not one."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+def as_bytes(value: object, name: str) -> int:
+    """Parse a byte size (an int, or a string such as ``"64MiB"``).
+
+    Parameters
+    ----------
+    value : object
+        The size.
+    name : str
+        What it is, for the error messages (``"block_bytes"``, a config key).
+
+    Returns
+    -------
+    int
+        A positive number of bytes.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither an int nor a string.
+    ValueError
+        If it cannot be parsed or is not positive.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise TypeError(
             f"{name} must be a number of bytes or a size such as '64MiB'; got {value!r}."
         )
     try:
-        n_bytes = int(parse_bytes(value)) if isinstance(value, str) else int(value)
+        n_bytes = int(parse_bytes(value)) if isinstance(value, str) else value
     except ValueError:
         raise ValueError(
             f"{name} must be a number of bytes or a size such as '64MiB'; got {value!r}."
@@ -145,7 +166,7 @@ def task_budget_bytes() -> int:
     """
     configured = dask.config.get(BUDGET_KEY, "auto")
     if not (isinstance(configured, str) and configured == "auto"):
-        return _as_bytes(configured, BUDGET_KEY)
-    chunk_size = _as_bytes(dask.config.get("array.chunk-size", "128MiB"), "array.chunk-size")
+        return as_bytes(configured, BUDGET_KEY)
+    chunk_size = as_bytes(dask.config.get("array.chunk-size", "128MiB"), "array.chunk-size")
     by_memory = max(MIN_AUTO_BYTES, memory_per_thread() // COPIES_PER_TASK)
     return min(chunk_size, MAX_AUTO_BYTES, by_memory)

@@ -31,7 +31,7 @@ from daskmask.extraction import (
     unmask_to_file,
 )
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import file_source, gzip_source, source_key, with_time_chunks
+from daskmask.reading._decode import file_source, source_key, with_time_chunks
 from daskmask.signal import clean
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
     version (``masker._mean_cache``), or None.
     """
     run = open_nifti(imgs)
-    decoded = _cached_decode(masker, run)
-    mean = _cached_mean(masker, run)
+    mean, decoded = _kept_by_fit(masker, run)
     if isinstance(imgs, xr.DataArray) or run.ndim != 4:
         if decoded is not None:
             return _with_data(run, decoded, max(run.data.chunks[-1])), mean
@@ -114,30 +113,27 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
     return open_nifti(imgs, chunks=volumes), mean
 
 
-def _cached_mean(masker: NiftiMasker, run: xr.DataArray) -> np.ndarray | None:
-    """Return the mean over time ``fit`` computed from this very file version, if any."""
-    cache = getattr(masker, "_mean_cache", None)
+def _kept_by_fit(
+    masker: NiftiMasker, run: xr.DataArray
+) -> tuple[np.ndarray | None, xr.DataArray | None]:
+    """Return the mean and the decoded copy ``fit`` kept for this very file, if any.
+
+    Both caches are keyed by the file's path, size and modification time
+    (:func:`~daskmask.reading._decode.source_key`), and only a run read
+    unchanged from one file (:func:`~daskmask.reading._decode.file_source`)
+    can use them.
+    """
     path = file_source(run)
-    if cache is None or path is None:
-        return None
-    key, mean = cache
-    if path != key[0] or mean.shape != run.shape[:3] or source_key(path) != key:
-        return None
-    return mean
+    if path is None:
+        return None, None
+    key = source_key(path)
 
+    def kept(cache: tuple[Any, Any] | None) -> Any:
+        return cache[1] if cache is not None and cache[0] == key else None
 
-def _cached_decode(masker: NiftiMasker, run: xr.DataArray) -> xr.DataArray | None:
-    """Return the decoded copy of ``run`` kept by ``fit``, if it is still valid."""
-    cache = getattr(masker, "_decoded_cache", None)
-    if cache is None:
-        return None
-    key, decoded = cache
-    path = gzip_source(run)
-    if path is None or path != key[0] or decoded.shape != run.shape:
-        return None
-    if decoded.dtype != run.dtype or source_key(path) != key:
-        return None
-    return decoded
+    return kept(getattr(masker, "_mean_cache", None)), kept(
+        getattr(masker, "_decoded_cache", None)
+    )
 
 
 def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunk_volumes: int) -> xr.DataArray:

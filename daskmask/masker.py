@@ -28,7 +28,7 @@ from daskmask.masking import compute_background_mask, compute_brain_mask, comput
 from daskmask.masking._mean import mean_volume, precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import decode_once, file_source, gzip_source, source_key
+from daskmask.reading._decode import decode_once, file_source, is_gzip_file, source_key
 
 #: mask_strategy -> (mask function, arguments the masker fixes itself).
 MASK_STRATEGIES: dict[str, tuple[Callable[..., nib.Nifti1Image], dict[str, Any]]] = {
@@ -432,7 +432,7 @@ class NiftiMasker(BaseEstimator):
             path = file_source(data)
         if path is not None:
             key = source_key(path)
-            if gzip_source(data) is not None:
+            if is_gzip_file(path):
                 volumes = data.chunks[3][0] if data.chunks else data.shape[3]
                 decoded, mean = decode_once(data, temporary_base(), chunk_volumes=volumes)
                 decoded_cache = (key, decoded)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from daskmask._memory import as_bytes
 from daskmask.reading._chunks import default_chunk_bytes
 
 Strategy = Literal["in-memory", "intermediate"]
@@ -117,19 +118,9 @@ def resolve_block_bytes(block_bytes: int | str | None) -> int:
         If it is of another type.
 
     """
-    from dask.utils import parse_bytes
-
     if block_bytes is None:
         return default_chunk_bytes()
-    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int | str):
-        raise TypeError(
-            f"block_bytes must be a number of bytes (int), a size string such as '64MiB' "
-            f"or None; got {type(block_bytes).__name__}."
-        )
-    n_bytes = int(parse_bytes(block_bytes)) if isinstance(block_bytes, str) else block_bytes
-    if n_bytes <= 0:
-        raise ValueError(f"block_bytes must be positive; got {block_bytes!r}.")
-    return n_bytes
+    return as_bytes(block_bytes, "block_bytes")
 
 
 def plan_slab_volumes(n_timepoints: int, bytes_per_timepoint: int, block_bytes: int) -> int:

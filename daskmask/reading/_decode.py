@@ -44,6 +44,7 @@ __all__ = [
     "decoder_name",
     "file_source",
     "gzip_source",
+    "is_gzip_file",
     "measure_decoders",
     "source_key",
 ]
@@ -180,12 +181,13 @@ def gzip_source(run: xr.DataArray) -> str | None:
 
     """
     source = file_source(run)
-    if source is None:
-        return None
-    with open(source, "rb") as raw:
-        if raw.read(2) != b"\x1f\x8b":
-            return None
-    return source
+    return source if source is not None and is_gzip_file(source) else None
+
+
+def is_gzip_file(path: str) -> bool:
+    """Whether ``path`` starts with the gzip magic bytes."""
+    with open(path, "rb") as raw:
+        return raw.read(2) == b"\x1f\x8b"
 
 
 def _scale(raw: np.ndarray, spec: ProxySpec, dtype: np.dtype) -> np.ndarray:

@@ -122,23 +122,22 @@ def _collapsed(totals: np.ndarray) -> np.ndarray:
 
 
 @_two_columns_at_least
-def finish(pre: np.ndarray, plan: CleanPlan, totals: np.ndarray | None = None) -> np.ndarray:
-    """Standardize the output of :func:`pre_standardize`.
+def finish_psc(pre: np.ndarray, totals: np.ndarray, plan: CleanPlan) -> np.ndarray:
+    """Finish ``psc`` on the output of :func:`pre_standardize`.
 
-    ``totals`` (the column sums of :func:`psc_sums` over all blocks) is needed
-    for ``psc`` only.
+    ``totals`` are the column sums of :func:`psc_sums` over all blocks: runs
+    whose cleaned means collapsed get their original means back first. A run
+    of one sample is returned unchanged (the caller warns).
     """
-    collapsed = None if totals is None else _collapsed(np.ravel(totals))
+    collapsed = _collapsed(np.ravel(totals))
     out, start = [], 0
     for i, run in enumerate(plan.runs):
         x = pre[start : start + run.n_out]
         start += run.n_out
-        if plan.standardize == "psc" and run.n_out > 1:
+        if run.n_out > 1:
             if collapsed[i]:
                 x = x + pre[plan.n_out + i]
             x = psc(x)
-        else:
-            x = standardize(x, plan.standardize)
         out.append(x)
     return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
 
@@ -163,11 +162,7 @@ def clean_block(block: np.ndarray, plan: CleanPlan) -> np.ndarray:
     if plan.standardize != "psc":
         return clean_columns(block, plan)
     pre = pre_standardize(block, plan)
-    return finish(pre, plan, psc_sums(pre, plan))
-
-
-def _finish_psc(pre: np.ndarray, totals: np.ndarray, plan: CleanPlan) -> np.ndarray:
-    return finish(pre, plan, totals)
+    return finish_psc(pre, psc_sums(pre, plan), plan)
 
 
 def clean_dask(signals: da.Array, plan: CleanPlan) -> da.Array:
@@ -205,7 +200,7 @@ def clean_dask(signals: da.Array, plan: CleanPlan) -> da.Array:
     )
     totals = sums.sum(axis=1, keepdims=True).rechunk(-1)
     return da.blockwise(
-        _finish_psc,
+        finish_psc,
         "tv",
         pre,
         "tv",
