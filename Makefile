@@ -1,14 +1,19 @@
 # daskmask: `make demo` runs the main job, `make test` runs the tests.
-# Both create the virtualenv (.venv) and install daskmask into it first.
+# Both create the virtualenv (.venv) and install daskmask into it first, with every dependency
+# at the exact version recorded in requirements/lock.txt (a pip constraints file), so a fresh
+# machine runs what was tested. `make lock` records a new set from a fresh resolve;
+# `make test-latest` runs the suite against the newest releases in .venv-latest (not in CI).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+LATEST_VENV ?= .venv-latest
 
 BENCH_INPUTS ?= walkthrough hcp-nii hcp-gz hcp-2x
 
-.PHONY: demo test bench lint format clean browser
+.PHONY: demo test test-latest lock bench lint format clean browser
 
 demo: $(STAMP)
 	$(BIN)/python -m daskmask demo
@@ -33,11 +38,27 @@ format: $(STAMP)
 browser:
 	bash .ci/install-browser.sh
 
-$(STAMP): pyproject.toml
+# The same suite against the newest releases that pyproject.toml's open ranges allow, in its own
+# venv and without the lock: the early warning that a new release changes a result. Not in CI.
+test-latest: browser
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[test,fast]"
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | diff $(LOCK) - | grep '^[<>] [^#]' || true
+	$(LATEST_VENV)/bin/ruff check daskmask tests benchmarks
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# A fresh resolve of the newest releases, written to $(LOCK); run `make test` before committing it.
+lock:
+	PYTHON=$(PYTHON) LOCK=$(LOCK) bash .ci/lock.sh
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,fast]"
+	$(BIN)/python -m pip install --quiet -e ".[test,fast]" -c $(LOCK)
+	$(BIN)/python -m pip check
+	$(BIN)/python .ci/check_lock.py $(LOCK)
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LATEST_VENV) .venv-lock .pytest_cache .ruff_cache .hypothesis
