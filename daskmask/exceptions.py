@@ -33,6 +33,50 @@ class NiftiFileNotFoundError(NiftiReadError, FileNotFoundError):
     """
 
 
+class InputChangedError(DaskmaskError, RuntimeError):
+    """An input changed between the moment it was opened (or fitted) and a read.
+
+    Its size, modification time, ETag or version no longer match what was
+    recorded, so the data read now would not be the data the mask, plan or
+    cached mean were made from.
+    """
+
+
+class ScratchSpaceError(DaskmaskError, OSError):
+    """The scratch folder (``daskmask.temporary-directory``) ran out of space.
+
+    Raised instead of a generic read error when writing an intermediate
+    (decoded copy of a ``.nii.gz``, time-to-voxel reorganisation) fails with
+    ``ENOSPC`` or ``EDQUOT``; the message names the folder and the setting.
+    """
+
+
+class ConfoundsError(DaskmaskError, ValueError):
+    """A confounds table cannot be used (non-finite values, wrong length, ...).
+
+    The message names the file (when there is one), the columns and rows.
+    """
+
+
+class StorageError(DaskmaskError, OSError):
+    """Data could not be reached where it lives (a local folder or an object store).
+
+    The message names the path or URL, what went wrong and how to fix it.
+    """
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """An object, file or bucket does not exist."""
+
+
+class StorageAccessError(StorageError, PermissionError):
+    """Credentials are missing, wrong or not allowed to read or write the object."""
+
+
+class StorageUnreachableError(StorageError, ConnectionError):
+    """The storage endpoint did not answer (network, DNS, wrong endpoint URL)."""
+
+
 class NotFittedError(DaskmaskError, _SklearnNotFittedError):
     """An estimator was used before ``fit``.
 
