@@ -1,0 +1,413 @@
+"""Where data lives: the one seam between daskmask and file systems.
+
+Every open, stat, glob and ranged read of an input or an output goes through
+a :class:`Location`. A local path keeps the fast path of the operating system
+(``os.pread`` on a file descriptor, ``os.stat``, :mod:`glob`); any other
+``protocol://`` URL goes through :mod:`fsspec` (``s3://``, ``gs://``,
+``az://``, ``http(s)://``, ``memory://``; ``file://`` is a local path).
+
+Credentials and endpoints come, in order of precedence, from the
+``storage_options`` a user passes, from the dask config key
+``daskmask.storage-options`` (a mapping per protocol, for code that only
+passes URLs), and from the file system's usual environment (for S3:
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
+``AWS_DEFAULT_REGION``). A :class:`Location` pickles to its URL and options,
+so a worker rebuilds the file system itself.
+
+Errors of the storage libraries (botocore, aiohttp, ...) are translated into
+:class:`~daskmask.exceptions.StorageError` subclasses that name the URL and the
+fix; the S3 client gets bounded timeouts and retries unless told otherwise, so
+that an unreachable endpoint fails within seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as _glob
+import json
+import os
+import stat as _stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from daskmask.exceptions import (
+    ObjectNotFoundError,
+    StorageAccessError,
+    StorageError,
+    StorageUnreachableError,
+)
+
+#: Protocols that name the local file system.
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+#: S3 client settings when the user gives none: a dead endpoint fails in seconds.
+_S3_BOUNDED_CLIENT = {
+    "connect_timeout": 5,
+    "read_timeout": 60,
+    "retries": {"max_attempts": 3, "mode": "standard"},
+}
+
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """Return ``(protocol, path)``; a plain path has protocol ``"file"``."""
+    if "://" in url:
+        protocol, _, rest = url.partition("://")
+        protocol = protocol.lower()
+        if protocol in LOCAL_PROTOCOLS:
+            return "file", rest
+        return protocol, rest
+    return "file", url
+
+
+def is_url(value: Any) -> bool:
+    """Whether ``value`` is a string naming a non-local ``protocol://`` location."""
+    return isinstance(value, str) and split_protocol(value)[0] != "file"
+
+
+def has_glob(path: str) -> bool:
+    """Whether a path or URL contains glob characters."""
+    return any(character in _GLOB_CHARACTERS for character in path)
+
+
+def _freeze(options: Mapping[str, Any] | None) -> str:
+    # Options travel as canonical JSON: hashable, comparable and picklable.
+    return json.dumps(dict(options or {}), sort_keys=True, default=str)
+
+
+def resolve_storage_options(
+    protocol: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge the dask config ``daskmask.storage-options`` with explicit options.
+
+    Parameters
+    ----------
+    protocol : str
+        The URL's protocol (``"s3"``, ``"gs"``, ...).
+    storage_options : mapping, optional
+        Options given by the caller; they win over the config.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for the fsspec file system.
+
+    """
+    import dask.config
+
+    configured = dask.config.get("daskmask.storage-options", default=None) or {}
+    merged = dict(configured.get(protocol, {}) or {})
+    merged.update(storage_options or {})
+    if protocol in {"s3", "s3a"}:
+        config_kwargs = dict(merged.get("config_kwargs") or {})
+        for key, value in _S3_BOUNDED_CLIENT.items():
+            config_kwargs.setdefault(key, value)
+        merged["config_kwargs"] = config_kwargs
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        if endpoint and "endpoint_url" not in merged:
+            merged["endpoint_url"] = endpoint
+    return merged
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What identifies one version of a file or object.
+
+    Attributes
+    ----------
+    size : int
+        Size in bytes.
+    version : str
+        The object's version id or ETag, or a local file's modification time
+        and inode: it changes when the content is replaced.
+    is_file : bool
+        Whether it is a regular file (an object) rather than a folder or
+        something else.
+
+    """
+
+    size: int
+    version: str
+    is_file: bool = True
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder, local or in an object store.
+
+    Build it with :func:`locate`. Local paths are absolute; URLs keep their
+    protocol. ``options`` holds the file system's keyword arguments as
+    canonical JSON so that the location is hashable and pickles small.
+    """
+
+    url: str
+    options_json: str = field(default="{}", repr=False)
+
+    # -- identity -------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        """``"file"`` for a local path, else the URL's protocol."""
+        return split_protocol(self.url)[0]
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the location is on this machine's file system."""
+        return self.protocol == "file"
+
+    @property
+    def path(self) -> str:
+        """The local path, or the URL without its protocol (fsspec's path)."""
+        return split_protocol(self.url)[1]
+
+    @property
+    def name(self) -> str:
+        """The last part of the path."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The file system's keyword arguments."""
+        return json.loads(self.options_json)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        if not self.is_local:
+            raise TypeError(f"{self.url} is not a local path")
+        return self.path
+
+    def join(self, *names: str) -> Location:
+        """Return a location inside this folder."""
+        if self.is_local:
+            return Location(os.path.join(self.path, *names), self.options_json)
+        return Location("/".join([self.url.rstrip("/"), *names]), self.options_json)
+
+    @property
+    def parent(self) -> Location:
+        """The folder that holds this location."""
+        if self.is_local:
+            return Location(os.path.dirname(self.path.rstrip(os.sep)), self.options_json)
+        head = self.url.rstrip("/").rsplit("/", 1)[0]
+        return Location(head, self.options_json)
+
+    # -- file system ------------------------------------------------------
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (cached by fsspec per process and options)."""
+        import fsspec
+
+        try:
+            return fsspec.filesystem(self.protocol, **self.storage_options)
+        except ImportError as error:
+            raise StorageError(
+                f"Cannot read {self.url}: the file system for {self.protocol}:// is not "
+                f"installed ({error}). Install daskmask's cloud extra: "
+                "pip install 'daskmask[cloud]'."
+            ) from error
+        except ValueError as error:
+            raise StorageError(
+                f"Cannot read {self.url}: {self.protocol}:// is not a known protocol ({error})."
+            ) from error
+
+    def stat(self) -> FileStat:
+        """Size, version and kind; a typed error if missing or unreachable."""
+        if self.is_local:
+            try:
+                info = os.stat(self.path)
+            except OSError as error:
+                raise translate_error(error, self.url) from error
+            return FileStat(
+                size=info.st_size,
+                version=f"mtime_ns={info.st_mtime_ns},ino={info.st_ino}",
+                is_file=_stat.S_ISREG(info.st_mode),
+            )
+        with storage_errors(self.url):
+            info = self.fs.info(self.path)
+        return FileStat(
+            size=int(info.get("size") or 0),
+            version=object_version(info),
+            is_file=info.get("type") == "file",
+        )
+
+    def exists(self) -> bool:
+        """Whether anything exists at the location."""
+        if self.is_local:
+            return os.path.lexists(self.path)
+        with storage_errors(self.url):
+            return bool(self.fs.exists(self.path))
+
+    def isdir(self) -> bool:
+        """Whether the location is a folder (a prefix with objects, for object stores)."""
+        if self.is_local:
+            return os.path.isdir(self.path)
+        with storage_errors(self.url):
+            return bool(self.fs.isdir(self.path))
+
+    def open(self, mode: str = "rb", **kwargs: Any) -> IO[bytes]:
+        """Open for reading or writing; remote files stream through fsspec."""
+        if self.is_local:
+            try:
+                return open(self.path, mode)  # noqa: SIM115 - the caller closes it
+            except OSError as error:
+                raise translate_error(error, self.url) from error
+        with storage_errors(self.url):
+            return self.fs.open(self.path, mode, **kwargs)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        """Read ``length`` bytes from offset ``start`` (one ranged request remotely)."""
+        if length <= 0:
+            return b""
+        if self.is_local:
+            try:
+                descriptor = os.open(self.path, os.O_RDONLY)
+            except OSError as error:
+                raise translate_error(error, self.url) from error
+            try:
+                return os.pread(descriptor, length, start)
+            finally:
+                os.close(descriptor)
+        with storage_errors(self.url):
+            return self.fs.cat_file(self.path, start=start, end=start + length)
+
+    def glob(self) -> list[Location]:
+        """Sorted matches of this location taken as a glob pattern."""
+        if self.is_local:
+            return [Location(match, self.options_json) for match in sorted(_glob.glob(self.path))]
+        with storage_errors(self.url):
+            matches = sorted(self.fs.glob(self.path))
+        return [Location(f"{self.protocol}://{match}", self.options_json) for match in matches]
+
+    def mapper(self) -> Any:
+        """Return a key-value view of the folder (for Zarr stores on object storage)."""
+        with storage_errors(self.url):
+            return self.fs.get_mapper(self.path)
+
+
+def locate(
+    path_or_url: str | os.PathLike[str] | Location,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Location:
+    """Normalise a path or URL into a :class:`Location`.
+
+    Parameters
+    ----------
+    path_or_url : str, os.PathLike or Location
+        A local path (``~`` expanded, made absolute), a ``file://`` URL (a
+        local path) or any fsspec URL.
+    storage_options : mapping, optional
+        File-system options (credentials, endpoint); merged over the dask
+        config ``daskmask.storage-options`` for the URL's protocol.
+
+    Returns
+    -------
+    Location
+
+    """
+    if isinstance(path_or_url, Location):
+        if storage_options:
+            merged = {**path_or_url.storage_options, **storage_options}
+            return Location(path_or_url.url, _freeze(merged))
+        return path_or_url
+    text = os.fspath(path_or_url)
+    protocol, path = split_protocol(text)
+    if protocol == "file":
+        return Location(os.path.abspath(os.path.expanduser(path)))
+    options = resolve_storage_options(protocol, storage_options)
+    return Location(f"{protocol}://{path}", _freeze(options))
+
+
+def object_version(info: Mapping[str, Any]) -> str:
+    """Return the most specific version marker an fsspec ``info`` dictionary offers."""
+    for key in ("VersionId", "version_id", "generation", "ETag", "etag", "md5Hash", "md5"):
+        value = info.get(key)
+        if value:
+            return f"{key}={str(value).strip(chr(34))}"
+    for key in ("LastModified", "last_modified", "mtime", "updated", "created"):
+        value = info.get(key)
+        if value:
+            return f"{key}={value}"
+    return f"size={info.get('size')}"
+
+
+_CREDENTIAL_HINT = (
+    "Give credentials through the environment (for S3: AWS_ACCESS_KEY_ID, "
+    "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL), through storage_options=..., or through the "
+    "dask config key daskmask.storage-options."
+)
+
+
+def translate_error(error: BaseException, url: str) -> BaseException:
+    """Map an exception of a storage library to a typed daskmask error.
+
+    Errors that are already daskmask's, and errors that are not about storage,
+    are returned unchanged.
+    """
+    if isinstance(error, StorageError):
+        return error
+    name = type(error).__name__
+    text = str(error)
+    lowered = text.lower()
+    if isinstance(error, FileNotFoundError) or name in {"NoSuchKey", "NoSuchBucket"}:
+        if "bucket" in lowered:
+            return ObjectNotFoundError(
+                f"{url}: the bucket does not exist ({text}). Check the bucket name, or create "
+                "it before writing."
+            )
+        return ObjectNotFoundError(
+            f"{url}: no such file or object. Check the path or URL (and the endpoint)."
+        )
+    if isinstance(error, OSError) and error.errno == 40:  # ELOOP
+        return StorageError(f"{url}: a symbolic link loop. Point the path at a real file.")
+    if (
+        isinstance(error, PermissionError)
+        or name in {"NoCredentialsError", "PartialCredentialsError", "ClientError"}
+        and any(
+            word in lowered
+            for word in (
+                "credential",
+                "access denied",
+                "accessdenied",
+                "signature",
+                "forbidden",
+                "invalidaccesskeyid",
+                "403",
+            )
+        )
+        or "credentials" in lowered
+    ):
+        return StorageAccessError(
+            f"{url}: access refused or no credentials ({text}). " + _CREDENTIAL_HINT
+        )
+    if name in {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+    } or isinstance(error, ConnectionError | TimeoutError):
+        return StorageUnreachableError(
+            f"{url}: the storage endpoint did not answer ({text}). Check the endpoint URL "
+            "(AWS_ENDPOINT_URL or storage_options={'endpoint_url': ...}) and the network."
+        )
+    if isinstance(error, OSError) and not isinstance(error, StorageError):
+        return StorageError(f"{url}: {text or name}")
+    return error
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn storage libraries' exceptions raised inside the block into typed errors."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as error:
+        translated = translate_error(error, url)
+        if translated is error:
+            raise
+        raise translated from error

@@ -1,0 +1,79 @@
+"""A real S3 server for the tests: moto's server mode on 127.0.0.1, over HTTP.
+
+Nothing in s3fs, fsspec or botocore is mocked: the tests talk HTTP to a
+``moto.server.ThreadedMotoServer`` started once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """Where the test S3 server listens, and options that reach it."""
+
+    endpoint_url: str
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """s3fs options with the test credentials and the endpoint."""
+        return {"key": "testing", "secret": "testing", "endpoint_url": self.endpoint_url}
+
+    def filesystem(self):
+        """A fresh s3fs file system on the server."""
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+
+    def new_bucket(self, prefix: str = "dm") -> str:
+        """Create a bucket with a unique name and return it."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.filesystem().mkdir(name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server, with the test credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {key: os.environ.get(key) for key in _ENVIRONMENT}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    try:
+        yield S3Server(endpoint)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the test server."""
+    return s3_server.new_bucket()
