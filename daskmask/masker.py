@@ -24,23 +24,11 @@ from daskmask._transform import extract_and_clean, signals_to_image
 from daskmask.exceptions import NotFittedError
 from daskmask.extraction._store import temporary_base
 from daskmask.image import resample_img
-from daskmask.masking import compute_background_mask, compute_brain_mask, compute_epi_mask
 from daskmask.masking._mean import mean_volume, precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
+from daskmask.masking.strategies import get_strategy
 from daskmask.reading import open_nifti
 from daskmask.reading._decode import decode_once, file_source, is_gzip_file, source_key
-
-#: mask_strategy -> (mask function, arguments the masker fixes itself).
-MASK_STRATEGIES: dict[str, tuple[Callable[..., nib.Nifti1Image], dict[str, Any]]] = {
-    "background": (compute_background_mask, {}),
-    "epi": (compute_epi_mask, {}),
-    "whole-brain-template": (compute_brain_mask, {"mask_type": "whole-brain"}),
-    "gm-template": (compute_brain_mask, {"mask_type": "gm"}),
-    "wm-template": (compute_brain_mask, {"mask_type": "wm"}),
-}
-
-#: Strategies computed from the mean over time (a .nii.gz is then decoded once).
-_MEAN_STRATEGIES = ("background", "epi")
 
 _STANDARDIZE_OPTIONS = ("zscore_sample", "psc", True, False, None)
 
@@ -415,20 +403,14 @@ class NiftiMasker(BaseEstimator):
         one inflate pass (:func:`~daskmask.reading._decode.decode_once`) whose
         decoded copy serves ``transform`` too.
         """
-        try:
-            mask_function, fixed_args = MASK_STRATEGIES[self.mask_strategy]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"Unknown value of mask_strategy '{self.mask_strategy}'. Acceptable values "
-                "are 'background', 'epi', 'whole-brain-template', 'gm-template', and "
-                "'wm-template'."
-            ) from None
+        strategy = get_strategy(self.mask_strategy)
+        mask_function, fixed_args = strategy.compute, strategy.fixed_args
         mask_args = _supported_mask_args(
             mask_function, fixed_args, self.mask_args or {}, self.mask_strategy
         )
         image, decoded_cache, mean_cache = data, None, None
         path = None
-        if self.mask_strategy in _MEAN_STRATEGIES and isinstance(data, xr.DataArray):
+        if strategy.uses_mean and isinstance(data, xr.DataArray):
             path = file_source(data)
         if path is not None:
             key = source_key(path)
