@@ -80,6 +80,24 @@ def _target_dtype(requested: Any, pipeline_dtype: np.dtype) -> np.dtype | None:
     return np.dtype(requested)
 
 
+def _signals_dtype(requested: Any, input_dtype: np.dtype) -> np.dtype:
+    """Dtype the signals are extracted and cleaned in.
+
+    nilearn's rule (float input keeps its dtype, integers become float32), widened
+    to a requested float ``dtype``: ``dtype="float64"`` must be computed in float64.
+    nilearn 0.14.1 cleans in float32 and only casts the result, so its float64
+    output carries float32 rounding, which OpenBLAS's float32 kernels make depend
+    on the CPU and on the column layout (issue 9: 1-ulp differences on AVX2 CPUs).
+    """
+    working = output_dtype(input_dtype, "f")
+    if requested is None or (isinstance(requested, str) and requested == "auto"):
+        return working
+    wanted = np.dtype(requested)
+    if wanted.kind == "f" and working.kind == "f" and wanted.itemsize > working.itemsize:
+        return wanted.newbyteorder("=")
+    return working
+
+
 def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray, Any]:
     """Open ``imgs`` in time chunks small enough for one task to stay in budget.
 
@@ -104,7 +122,7 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
         run.shape[:3],
         run.dtype,
         masker.n_elements_,
-        output_dtype(run.dtype, "f"),
+        _signals_dtype(masker.dtype, run.dtype),
         run.shape[3],
         volume_copies=copies,
     )
@@ -179,6 +197,9 @@ def extract_and_clean(
     full_affine = np.asarray(masker.mask_img_.affine, dtype=float)
     mask, mask_affine = full_mask, full_affine
     values = run.data
+    signals_dtype = _signals_dtype(masker.dtype, run.dtype)
+    if signals_dtype != output_dtype(run.dtype, "f"):
+        values = values.astype(signals_dtype)
     if run.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
         warnings.warn(
             "imgs are being resampled to the mask_img resolution. This process is "
@@ -195,7 +216,11 @@ def extract_and_clean(
         log("Smoothing images", masker.verbose)
     log("Extracting region signals", masker.verbose)
     signals = extract_signals(
-        values, mask, affine=mask_affine, smoothing_fwhm=masker.smoothing_fwhm
+        values,
+        mask,
+        affine=mask_affine,
+        dtype=signals_dtype,
+        smoothing_fwhm=masker.smoothing_fwhm,
     )
 
     log("Cleaning extracted signals", masker.verbose)

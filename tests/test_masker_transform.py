@@ -5,11 +5,21 @@ float32 results must agree to a relative error of 1e-5 of the signal's
 magnitude (``rtol=1e-5`` plus ``atol=1e-5 * max|expected|``, so values that
 cancel to ~0, e.g. after detrending, are compared at the signal's scale);
 float64 results to 1e-9.
+
+``dtype="float64"`` is computed in float64 by daskmask; nilearn 0.14.1's
+NiftiMasker cleans in float32 and only casts (its ``filter_and_mask`` does not
+pass ``dtype`` on), so its float64 output carries float32 rounding that
+OpenBLAS's float32 kernels make depend on the CPU (issue 9). The float64 oracle
+is nilearn's own pipeline with ``dtype`` honoured (``filter_and_extract``).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -92,13 +102,84 @@ CLEANING_SETTINGS = {
 }
 
 
+def nilearn_in_float64(imgs, params: dict) -> np.ndarray:
+    """nilearn's masker pipeline with its data loaded as float64 (``dtype`` honoured)."""
+    from nilearn.maskers.base_masker import filter_and_extract
+    from nilearn.maskers.nifti_masker import _ExtractionFunctor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masker = NilearnNiftiMasker(**params).fit(imgs)
+        parameters = masker._get_masker_params(ignore=["mask_img", "mask_args", "mask_strategy"])
+        parameters["clean_kwargs"] = masker.clean_args_
+        signals, _ = filter_and_extract(
+            imgs, _ExtractionFunctor(masker.mask_img_), parameters, dtype="float64"
+        )
+    return signals
+
+
 @pytest.mark.parametrize("setting", list(CLEANING_SETTINGS))
 @pytest.mark.parametrize("run_name", ["nitime-fmri1", "generated-raw", "generated-float32"])
 def test_transform_equals_nilearn(runs, run_name, setting):
-    ours, theirs = transform_both(str(runs[run_name]), CLEANING_SETTINGS[setting])
+    params = CLEANING_SETTINGS[setting]
+    ours, theirs = transform_both(str(runs[run_name]), params)
     assert isinstance(ours, xr.DataArray)
     assert ours.dims == ("time", "voxel")
+    if params.get("dtype") == "float64":
+        # nilearn's masker computed in float32: equal to its float32 precision ...
+        assert_signals_equal(np.asarray(ours).astype(np.float32), theirs.astype(np.float32))
+        # ... and to nilearn's float64 computation to 1e-9.
+        theirs = nilearn_in_float64(str(runs[run_name]), params)
     assert_signals_equal(ours, theirs)
+
+
+FLOAT64_SETTINGS = ["detrend+zscore", "band-pass", "smoothing", "target-grid", "cosine"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting", FLOAT64_SETTINGS)
+def test_float64_is_computed_in_float64(runs, setting):
+    """Every step (resampling, smoothing, masking, cleaning) runs in the requested float64."""
+    params = {**CLEANING_SETTINGS[setting], "dtype": "float64"}
+    imgs = str(runs["generated-raw"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = NiftiMasker(**params).fit_transform(imgs)
+    assert_signals_equal(ours, nilearn_in_float64(imgs, params))
+
+
+_OTHER_KERNEL = """
+import sys, warnings
+import numpy as np
+from daskmask import NiftiMasker
+warnings.simplefilter("ignore")
+signals = NiftiMasker(dtype="float64", detrend=True).fit_transform(sys.argv[1])
+np.save(sys.argv[2], np.asarray(signals))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="OPENBLAS_CORETYPE is an x86-64 switch")
+@pytest.mark.parametrize("kernel", ["Haswell", "Sandybridge"])
+def test_float64_result_does_not_depend_on_the_cpu(tmp_path, runs, kernel):
+    """A fresh machine with another CPU gets the same float64 signals (issue 9).
+
+    OpenBLAS picks its kernels by CPU; ``OPENBLAS_CORETYPE`` makes this machine
+    use an AVX2 (Haswell) or AVX (Sandybridge) one. Float32 cleaning differed by
+    one float32 ulp between kernels; float64 cleaning differs by float64 rounding.
+    """
+    imgs = str(runs["nitime-fmri1"])
+    out = tmp_path / "signals.npy"
+    env = {**os.environ, "OPENBLAS_CORETYPE": kernel}
+    subprocess.run(
+        [sys.executable, "-c", _OTHER_KERNEL, imgs, str(out)], env=env, check=True, timeout=100
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = np.asarray(NiftiMasker(dtype="float64", detrend=True).fit_transform(imgs))
+    other = np.load(out)
+    scale = float(np.max(np.abs(here)))
+    np.testing.assert_allclose(other, here, rtol=1e-12, atol=1e-12 * scale)
 
 
 @pytest.mark.parametrize("setting", ["plain", "detrend+zscore", "smoothing", "target-grid"])
