@@ -73,6 +73,44 @@ _ENVIRONMENT = (
 )
 
 
+@pytest.fixture(scope="session")
+def s3_server_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second moto server, in its own process, that checks credentials.
+
+    moto accepts any key unless ``INITIAL_NO_AUTH_ACTION_COUNT`` is set when
+    it starts; with 0 it refuses keys it does not know, as S3 does.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(log.read_text()) from None
+                time.sleep(0.1)
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 @pytest.fixture
 def s3_bucket(s3_server: S3Server) -> str:
     """A new, empty bucket on the test server."""

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _s3 import s3_bucket, s3_server  # noqa: F401 - fixtures
+from _s3 import s3_bucket, s3_server, s3_server_with_auth  # noqa: F401 - fixtures
 from hypothesis import settings
 
 from daskmask.datasets import generate_epi

@@ -116,3 +116,12 @@ def test_s3_without_credentials(s3_server, s3_bucket, monkeypatch):
 def test_unknown_protocol_is_typed():
     with pytest.raises(StorageError, match="nosuchproto"):
         locate("nosuchproto://a/b").stat()
+
+
+@pytest.mark.timeout(60)
+def test_s3_wrong_credentials(s3_server_with_auth):
+    options = {"key": "wrong", "secret": "wrong", "endpoint_url": s3_server_with_auth.endpoint_url}
+    url = "s3://some-bucket/run.nii"
+    with pytest.raises(StorageAccessError, match="storage_options") as caught:
+        locate(url, options).read_range(0, 4)
+    assert url in str(caught.value)
