@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from daskmask._version import __version__
 from daskmask.exceptions import DaskmaskError
 from daskmask.storage import (
+    CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
     Results,
@@ -205,7 +206,7 @@ def test_lazy_round_trip(tmp_path, scheduler, dtype):
     assert results.masker_params == X.attrs["masker_params"]
     assert results.provenance == X.attrs["provenance"]
     assert results.version == __version__
-    assert results.format_version == 1
+    assert results.format_version == layout.FORMAT_VERSION == 2
     assert siblings(path) == []
 
 
@@ -287,7 +288,26 @@ def test_store_is_self_describing_for_plain_zarr(tmp_path):
     attrs = dict(group.attrs)
     assert list(attrs) == list(layout.ROOT_ATTRS)
     assert attrs["complete"] is True
-    assert attrs["format_version"] == 1
+    assert attrs["format_version"] == 2
+    assert attrs["manifest"]["signals"] == {
+        "shape": [12, X.sizes["voxel"]],
+        "chunks": [12, 25],
+        "dtype": "float32",
+        "n_chunks": -(-X.sizes["voxel"] // 25),
+    }
+    assert set(attrs["manifest"]) == {
+        "signals",
+        "mask",
+        "mean_image",
+        "time",
+        "voxel",
+        "i",
+        "j",
+        "k",
+        "x",
+        "y",
+        "z",
+    }
     assert attrs["daskmask_version"] == __version__
     assert attrs["mask_shape"] == [5, 6, 7]
     assert attrs["affine"] == X.attrs["affine"]
@@ -295,7 +315,8 @@ def test_store_is_self_describing_for_plain_zarr(tmp_path):
     signals = group["signals"]
     assert signals.metadata.dimension_names == ("time", "voxel")
     assert signals.chunks == (12, 25)
-    (codec,) = signals.compressors
+    codec, checksum = signals.compressors
+    assert checksum.to_dict() == {"name": "crc32c"}
     assert codec.to_dict()["configuration"] == {
         "typesize": 4,
         "cname": "lz4",
@@ -307,11 +328,16 @@ def test_store_is_self_describing_for_plain_zarr(tmp_path):
     assert group["mean_image"].dtype == np.float32
     for name in ("time", "voxel", "i", "j", "k", "x", "y", "z"):
         assert name in group
+        assert group[name].compressors[-1].to_dict() == {"name": "crc32c"}
 
 
 @pytest.mark.parametrize(
     ("compressor", "expected"),
-    [(None, []), ("default", ["blosc"]), ([zarr.codecs.ZstdCodec(level=1)], ["zstd"])],
+    [
+        (None, ["crc32c"]),
+        ("default", ["blosc", "crc32c"]),
+        ([zarr.codecs.ZstdCodec(level=1)], ["zstd", "crc32c"]),
+    ],
 )
 def test_compressor_choice(tmp_path, compressor, expected):
     X, _, _, _ = make_signals()
@@ -448,8 +474,9 @@ def test_open_reads_no_signals(tmp_path):
     assert "signals" in repr(results)
     assert results.mask_img.shape == (5, 6, 7)
     assert results.mean_img.shape == (5, 6, 7)
-    # zarr reads missing chunks as the fill value: the values are gone, so they were not read
-    assert not np.array_equal(results.signals.values, X.values)
+    # the chunks are gone, so open did not read them; reading them now says so
+    with pytest.raises(CorruptStoreError, match=r"Chunk c/0/\d of array 'signals' is missing"):
+        results.signals.compute()
 
 
 def test_write_goes_through_a_hidden_partial_directory(tmp_path):

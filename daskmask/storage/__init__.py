@@ -6,6 +6,7 @@ the store lazily as a :class:`Results`.
 """
 
 from daskmask.storage._errors import (
+    CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
     SignalsLayoutError,
@@ -17,6 +18,7 @@ from daskmask.storage._results import Results
 from daskmask.storage._write import save
 
 __all__ = [
+    "CorruptStoreError",
     "IncompleteStoreError",
     "NotAStoreError",
     "Results",

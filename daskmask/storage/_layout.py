@@ -3,7 +3,7 @@
 A results store is one Zarr (format 3) group::
 
     <name>.zarr/
-        zarr.json          root attributes (see ROOT_ATTRS), "complete" set last
+        zarr.json          root attributes (see ROOT_ATTRS), "manifest" and "complete" set last
         signals/           (time, voxel) or (voxel,), chunks (all time, voxel block)
         mask/              (grid_i, grid_j, grid_k) uint8
         mean_image/        float32 on the mask grid (or its own grid), optional
@@ -22,8 +22,12 @@ import numpy as np
 
 from daskmask._json import json_safe
 
-#: Version of the layout written by :func:`daskmask.storage.save`.
-FORMAT_VERSION = 1
+#: Version of the layout written by :func:`daskmask.storage.save`. Version 2 added the
+#: ``manifest`` root attribute, a ``crc32c`` checksum on every chunk and the writing of
+#: every chunk (see :mod:`daskmask.storage._integrity`).
+FORMAT_VERSION = 2
+#: The oldest layout with a manifest and checksums; older stores open unchecked.
+CHECKED_FORMAT_VERSION = 2
 
 SIGNALS = "signals"
 MASK = "mask"
@@ -40,6 +44,8 @@ WORLD_COORDS = ("x", "y", "z")
 #: The lazy, non-JSON attribute of the signals that carries the mean image.
 MEAN_ATTR = "mean_image"
 COMPLETE = "complete"
+#: Root attribute recording each array's shape, chunks, data type and chunk count.
+MANIFEST = "manifest"
 #: Root attributes of a store, in the order they are written.
 ROOT_ATTRS = (
     "affine",
@@ -49,6 +55,7 @@ ROOT_ATTRS = (
     "daskmask_version",
     "created",
     "format_version",
+    MANIFEST,
     COMPLETE,
 )
 
@@ -178,5 +185,6 @@ def root_attributes(
         "daskmask_version": str(version),
         "created": created,
         "format_version": FORMAT_VERSION,
+        MANIFEST: {},
         COMPLETE: False,
     }

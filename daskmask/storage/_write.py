@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +18,17 @@ from zarr.codecs import BloscCodec
 from daskmask._version import __version__
 from daskmask.storage import _layout as layout
 from daskmask.storage._assemble import assemble
+from daskmask.storage._commit import (
+    STORE,
+    discard,
+    move_new,
+    new_work_folder,
+    remove_dead_work_folders,
+    replace,
+)
 from daskmask.storage._errors import StoreExistsError
 from daskmask.storage._guarded import GuardedLocalStore
+from daskmask.storage._integrity import build_manifest, checksum_codec
 
 
 def default_compressors() -> tuple[BytesBytesCodec, ...]:
@@ -58,15 +65,23 @@ def _compressors(compressor: Any) -> tuple[BytesBytesCodec, ...]:
 
 
 def _encoding(dataset: xr.Dataset, compressors: tuple[BytesBytesCodec, ...]) -> dict:
-    """Return the ``to_zarr`` encoding: chunks of the signals, codecs, no CF fill values."""
-    encoding: dict[str, dict[str, Any]] = {}
+    """Return the ``to_zarr`` encoding: chunks of the signals, codecs, no CF fill values.
+
+    Every array, coordinates included, ends its codecs with ``crc32c``: each
+    chunk file carries the checksum of its bytes (see
+    :mod:`daskmask.storage._integrity`).
+    """
+    checked = (*compressors, checksum_codec())
+    encoding: dict[str, dict[str, Any]] = {
+        name: {"compressors": checked} for name in dataset.variables
+    }
     for name in (layout.SIGNALS, layout.MASK, layout.MEAN_IMAGE):
         if name not in dataset:
             continue
         data = dataset[name].data
         chunks = layout.regular_chunks(data.chunks) if hasattr(data, "chunks") else None
         encoding[name] = {
-            "compressors": compressors,
+            "compressors": checked,
             "_FillValue": None,
             "chunks": chunks if chunks is not None else tuple(max(n, 1) for n in data.shape),
         }
@@ -94,40 +109,29 @@ def _check_target(path: Path, overwrite: bool) -> None:
         )
 
 
-def remove_tree(path: Path, attempts: int = 20) -> None:
-    """Delete the directory ``path``, retrying while late writers still add files to it."""
-    for attempt in range(attempts):
-        try:
-            shutil.rmtree(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * (attempt + 1))
-
-
 def _mark_complete(partial: Path) -> None:
-    """Set the completion marker, the last write of a store."""
+    """Record the manifest and set the completion marker, the last write of a store.
+
+    The manifest is read back from the arrays' metadata, after checking that
+    every chunk of every array has its file.
+    """
+    manifest = build_manifest(partial)
     group = zarr.open_group(GuardedLocalStore(partial), mode="r+", zarr_format=3)
-    group.attrs.update({layout.COMPLETE: True})
+    group.attrs.update({layout.MANIFEST: manifest, layout.COMPLETE: True})
 
 
-def _commit(partial: Path, path: Path, overwrite: bool, token: str) -> None:
+def _commit(work: Path, path: Path, overwrite: bool) -> None:
     """Move the completed store into place, replacing an old one only with ``overwrite``."""
     _check_target(path, overwrite)
-    if not os.path.lexists(path):
-        os.rename(partial, path)
+    if os.path.lexists(path):
+        replace(work, path)
         return
-    aside = layout.sibling(path, "old", token)
-    os.rename(path, aside)
     try:
-        os.rename(partial, path)
-    except BaseException:
-        os.rename(aside, path)
-        raise
-    remove_tree(aside)
+        move_new(work / STORE, path)
+    except FileExistsError:
+        # a store appeared at path meanwhile: never replace it silently
+        _check_target(path, overwrite)
+        replace(work, path)
 
 
 def save(
@@ -180,11 +184,15 @@ def save(
     -----
     The signals and the mean image are computed in one dask computation on
     the current scheduler (a distributed ``Client`` if one is active), so the
-    input is read once. The store is written into a hidden sibling
-    ``.<name>.partial-<token>``; the root attribute ``complete`` is set last
-    and the directory is then renamed to ``path``. If anything fails or is
-    interrupted, the partial directory is deleted and nothing appears at
-    ``path``.
+    input is read once. The store is written into a hidden work folder
+    ``.<name>.partial-<token>`` beside ``path``, leased by this process; every
+    chunk carries a CRC-32C, the root attribute ``manifest`` (the chunks of
+    every array) and ``complete`` are set last, and the store is then renamed
+    to ``path``, or swapped with the old store in one atomic step. If anything
+    fails, the work folder is deleted and nothing appears at ``path``; if the
+    process is killed, the next save into the same folder deletes what it
+    left (only once its lease shows that the process is gone). See
+    :mod:`daskmask.storage._commit`.
 
     """
     path = Path(os.path.abspath(os.fspath(path)))
@@ -197,9 +205,9 @@ def save(
     encoding = _encoding(dataset, compressors)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    partial = layout.sibling(path, "partial", token)
-    partial.mkdir()
+    remove_dead_work_folders(path.parent)
+    work, lease = new_work_folder(path, secrets.token_hex(4))
+    partial = work / STORE
     try:
         pending = dataset.to_zarr(
             GuardedLocalStore(partial),
@@ -208,11 +216,13 @@ def save(
             zarr_format=3,
             consolidated=False,
             encoding=encoding,
+            # every chunk on disk, even one of fill values only: a missing chunk is damage
+            write_empty_chunks=True,
         )
         dask.compute(pending)
         _mark_complete(partial)
-        _commit(partial, path, overwrite, token)
-    except BaseException:
-        remove_tree(partial)
-        raise
+        _commit(work, path, overwrite)
+    finally:
+        # after a commit it holds nothing or the replaced store; after a failure, the partial one
+        discard(work, lease)
     return path
