@@ -289,25 +289,18 @@ def test_store_is_self_describing_for_plain_zarr(tmp_path):
     assert list(attrs) == list(layout.ROOT_ATTRS)
     assert attrs["complete"] is True
     assert attrs["format_version"] == 2
-    assert attrs["manifest"]["signals"] == {
+    arrays = attrs["manifest"]["arrays"]
+    assert {k: v for k, v in arrays["signals"].items() if k != "metadata_sha256"} == {
         "shape": [12, X.sizes["voxel"]],
         "chunks": [12, 25],
         "dtype": "float32",
         "n_chunks": -(-X.sizes["voxel"] // 25),
     }
-    assert set(attrs["manifest"]) == {
-        "signals",
-        "mask",
-        "mean_image",
-        "time",
-        "voxel",
-        "i",
-        "j",
-        "k",
-        "x",
-        "y",
-        "z",
+    assert set(arrays) == {
+        *("signals", "mask", "mean_image", "time", "voxel"),
+        *("i", "j", "k", "x", "y", "z"),
     }
+    assert len(attrs["manifest"]["attributes_sha256"]) == 64
     assert attrs["daskmask_version"] == __version__
     assert attrs["mask_shape"] == [5, 6, 7]
     assert attrs["affine"] == X.attrs["affine"]

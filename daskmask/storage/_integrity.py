@@ -8,7 +8,8 @@ A store of format 2 or newer is self-checking:
 * every chunk is written, even one that holds only the fill value
   (``write_empty_chunks``), so the chunks on disk are exactly the chunk grid;
 * the root attribute ``manifest`` records, when the write completes, each
-  array's shape, chunk shape, data type and number of chunks.
+  array's shape, chunk shape, data type, number of chunks and the SHA-256 of
+  its metadata document, and the SHA-256 of the other root attributes.
 
 :func:`check_arrays` (run by ``open_results``) compares the array metadata
 with the manifest and lists the chunk files, without reading any data.
@@ -20,6 +21,7 @@ where plain Zarr would return the fill value or a codec error.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -41,9 +43,22 @@ from daskmask.storage._errors import CorruptStoreError
 CHECKSUM_CODEC = "crc32c"
 #: The one chunk key encoding a store uses: ``c/0/3``.
 _SEPARATOR = "/"
-_ENTRY_KEYS = ("shape", "chunks", "dtype", "n_chunks")
+_ENTRY_KEYS = ("shape", "chunks", "dtype", "n_chunks", "metadata_sha256")
+_MANIFEST = "manifest"
+_COMPLETE = "complete"
 
 REWRITE = "Write the store again from its input (daskmask.save(..., overwrite=True))."
+
+
+def digest(document: Any) -> str:
+    """Return the SHA-256 of a JSON document in canonical form (sorted keys, no spaces)."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def attributes_digest(attrs: Mapping[str, Any]) -> str:
+    """Return the digest of the root attributes, the manifest and the marker excepted."""
+    return digest({k: v for k, v in attrs.items() if k not in (_MANIFEST, _COMPLETE)})
 
 
 def checksum_codec() -> Crc32cCodec:
@@ -163,6 +178,7 @@ def describe_array(root: Path, name: str) -> dict[str, Any]:
         "chunks": chunks,
         "dtype": dtype,
         "n_chunks": math.prod(chunk_grid(shape, chunks)),  # type: ignore[arg-type]
+        "metadata_sha256": digest(metadata),
     }
 
 
@@ -182,21 +198,49 @@ def array_names(root: Path) -> list[str]:
     return names
 
 
-def build_manifest(root: Path) -> dict[str, dict[str, Any]]:
-    """Return the manifest of a freshly written store, after checking every chunk is there."""
-    manifest = {name: describe_array(root, name) for name in array_names(root)}
-    for name, entry in manifest.items():
+def build_manifest(root: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the manifest of a freshly written store, after checking every chunk is there.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The store.
+    attrs : mapping
+        Its root attributes as written (parsed from its ``zarr.json``).
+
+    Returns
+    -------
+    dict
+        ``{"arrays": {name: entry}, "attributes_sha256": digest}``; each
+        entry holds the array's shape, chunk shape, data type, number of
+        chunks and the digest of its whole metadata document.
+
+    """
+    arrays = {name: describe_array(root, name) for name in array_names(root)}
+    for name, entry in arrays.items():
         _check_chunk_files(root, name, entry)
-    return manifest
+    return {"arrays": arrays, "attributes_sha256": attributes_digest(attrs)}
 
 
-def check_manifest(value: Any, root: Path) -> dict[str, dict[str, Any]]:
-    """Return the root attribute ``manifest`` if well formed, else raise CorruptStoreError."""
+def check_manifest(attrs: Mapping[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Check the root attribute ``manifest`` and the attributes it covers; return its arrays.
+
+    Raises
+    ------
+    CorruptStoreError
+        The manifest is malformed, or the other root attributes changed since
+        the store was written (their digest differs).
+
+    """
+    value = attrs.get(_MANIFEST)
     problem = None
-    if not isinstance(value, dict) or not value:
-        problem = f"it is {value!r}, not an object with one entry per array"
+    arrays = value.get("arrays") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or set(value) != {"arrays", "attributes_sha256"}:
+        problem = f"it is {value!r}, not {{arrays, attributes_sha256}}"
+    elif not isinstance(arrays, dict) or not arrays:
+        problem = f"its 'arrays' are {arrays!r}, not an object with one entry per array"
     else:
-        for name, entry in value.items():
+        for name, entry in arrays.items():
             if not isinstance(entry, dict) or set(entry) != set(_ENTRY_KEYS):
                 problem = f"the entry of '{name}' is {entry!r}, not {{{', '.join(_ENTRY_KEYS)}}}"
             elif (
@@ -205,6 +249,7 @@ def check_manifest(value: Any, root: Path) -> dict[str, dict[str, Any]]:
                 or len(entry["shape"]) != len(entry["chunks"])
                 or not all(entry["chunks"])
                 or not isinstance(entry["dtype"], str)
+                or not isinstance(entry["metadata_sha256"], str)
                 or _int_list([entry["n_chunks"]]) is None
                 or entry["n_chunks"] != math.prod(chunk_grid(entry["shape"], entry["chunks"]))
             ):
@@ -217,7 +262,14 @@ def check_manifest(value: Any, root: Path) -> dict[str, dict[str, Any]]:
             f"{REWRITE}",
             path=str(root),
         )
-    return value  # type: ignore[return-value]
+    if value["attributes_sha256"] != attributes_digest(attrs):
+        raise CorruptStoreError(
+            f"The root attributes of the results store {root} (affine, mask_shape, "
+            "masker_params, provenance, ...) changed after the store was written: their "
+            f"SHA-256 differs from the one in its manifest (damage or an edit). {REWRITE}",
+            path=str(root),
+        )
+    return arrays
 
 
 def _check_chunk_files(root: Path, name: str, entry: Mapping[str, Any]) -> None:
@@ -257,9 +309,12 @@ def check_arrays(root: Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
     for name, entry in manifest.items():
         found = describe_array(root, name)
         if found != dict(entry):
+            changed = [key for key in _ENTRY_KEYS if found[key] != entry[key]]
             raise CorruptStoreError(
-                f"The metadata of array '{name}' in the results store {root} does not match "
-                f"what was written: {found} instead of {dict(entry)}. {REWRITE}",
+                f"The metadata of array '{name}' in the results store {root} changed after "
+                f"the store was written (damage or an edit): {', '.join(changed)} differ from "
+                f"its manifest ({ {k: found[k] for k in changed} } instead of "
+                f"{ {k: entry[k] for k in changed} }). {REWRITE}",
                 path=str(root),
                 array=name,
             )

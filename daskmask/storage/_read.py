@@ -204,7 +204,7 @@ def open_results(path: str | os.PathLike[str]) -> Results:
     version = _check_attributes(path, attrs)
     store: LocalStore
     if version >= layout.CHECKED_FORMAT_VERSION:
-        manifest = check_manifest(attrs.get(layout.MANIFEST), path)
+        manifest = check_manifest(attrs, path)
         for name in (layout.SIGNALS, layout.MASK):
             if name not in manifest:
                 raise _corrupt(path, f"its manifest lists no '{name}' array", name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Sequence
@@ -115,7 +116,8 @@ def _mark_complete(partial: Path) -> None:
     The manifest is read back from the arrays' metadata, after checking that
     every chunk of every array has its file.
     """
-    manifest = build_manifest(partial)
+    attrs = json.loads((partial / "zarr.json").read_bytes())["attributes"]
+    manifest = build_manifest(partial, attrs)
     group = zarr.open_group(GuardedLocalStore(partial), mode="r+", zarr_format=3)
     group.attrs.update({layout.MANIFEST: manifest, layout.COMPLETE: True})
 
