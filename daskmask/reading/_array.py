@@ -2,32 +2,50 @@
 
 A :class:`NiftiArrayWrapper` holds only the description of where the data
 live (a :class:`ProxySpec`), never an open file, so it pickles to a few hundred
-bytes and can travel to distributed workers. Each process re-creates the
-nibabel :class:`~nibabel.arrayproxy.ArrayProxy` from the spec and keeps it in a
-small per-process cache: with ``indexed_gzip`` installed the proxy keeps its
-gzip seek index, so successive time chunks of a ``.nii.gz`` read in one
-process cost a single decompression pass.
+bytes and can travel to distributed workers. Each process re-creates its
+reader from the spec and keeps it in a small per-process cache: a nibabel
+:class:`~nibabel.arrayproxy.ArrayProxy` for uncompressed files, and for a
+``.nii.gz`` a seekable gzip reader (``indexed_gzip`` when installed) that keeps
+its seek index, so successive time chunks read in one process cost a single
+decompression pass.
+
+Every read checks, with one ``stat``, that the file is still the version that
+was opened (:func:`~daskmask.reading._integrity.check_unchanged`). The time
+slabs of a ``.nii.gz`` are read as raw bytes whose CRC32 is folded as they
+stream by; once the slabs read in a process cover the whole data, the
+combined CRC32 is compared with the gzip trailer (see
+:class:`GzipSlabReader` for what a partial read can and cannot detect).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.volumeutils import apply_read_scaling
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from daskmask.exceptions import NiftiReadError
+from daskmask.exceptions import InputChangedError, NiftiReadError
+from daskmask.reading._integrity import (
+    Identity,
+    check_unchanged,
+    crc32,
+    crc32_combine,
+    file_identity,
+    verify_gzip_stream,
+)
 
 #: Per-process cache size (number of files whose proxies stay open).
 _PROXY_CACHE_SIZE = 32
@@ -72,9 +90,17 @@ class ProxySpec(NamedTuple):
     inter: Any
     #: Memory layout on disk, ``"F"`` for NIfTI.
     order: str
+    #: ``(size, mtime_ns, inode)`` of the file when it was opened (see
+    #: :func:`~daskmask.reading._integrity.file_identity`); every read checks
+    #: it. None: not recorded, not checked.
+    identity: Identity | None = None
+    #: Whether the file is a ``.gz`` (time slabs read by :class:`GzipSlabReader`).
+    gzip: bool = False
 
 
-def spec_from_proxy(proxy: ArrayProxy, shape: tuple[int, ...] | None = None) -> ProxySpec:
+def spec_from_proxy(
+    proxy: ArrayProxy, shape: tuple[int, ...] | None = None, identity: Identity | None = None
+) -> ProxySpec:
     """Describe a nibabel ArrayProxy backed by a file path.
 
     Parameters
@@ -85,21 +111,61 @@ def spec_from_proxy(proxy: ArrayProxy, shape: tuple[int, ...] | None = None) -> 
         Shape to read the data with (used to drop trailing singleton
         dimensions, which does not change the byte layout). Defaults to the
         proxy's shape.
+    identity : tuple of (int, int, int), optional
+        The file version to read; defaults to the file's as it is now.
 
     Returns
     -------
     ProxySpec
 
     """
+    path = os.path.abspath(os.fspath(proxy.file_like))
+    if identity is None:
+        identity = file_identity(os.stat(path))
     return ProxySpec(
-        path=os.path.abspath(os.fspath(proxy.file_like)),
+        path=path,
         shape=tuple(int(size) for size in (proxy.shape if shape is None else shape)),
         on_disk_dtype=np.dtype(proxy.dtype),
         offset=int(proxy.offset),
         slope=proxy.slope,
         inter=proxy.inter,
         order=proxy.order,
+        identity=identity,
+        # As nibabel, which picks its decoder by suffix.
+        gzip=path.lower().endswith(".gz"),
     )
+
+
+def data_bytes(spec: ProxySpec) -> tuple[int, int]:
+    """Return where the voxel data start and end in the (decoded) file, in bytes."""
+    size = math.prod(spec.shape) * np.dtype(spec.on_disk_dtype).itemsize
+    return spec.offset, spec.offset + size
+
+
+def scale(raw: np.ndarray, spec: ProxySpec, dtype: np.dtype) -> np.ndarray:
+    """Apply ``scl_slope``/``scl_inter`` exactly as nibabel's ArrayProxy does.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Values as stored on disk.
+    spec : ProxySpec
+        Holds the slope and intercept with nibabel's types.
+    dtype : numpy.dtype
+        The result dtype (:func:`scaled_dtype`).
+
+    Returns
+    -------
+    numpy.ndarray
+
+    """
+    slope = np.asanyarray(spec.slope)
+    inter = np.asanyarray(spec.inter)
+    if np.can_cast(slope, slope.dtype):
+        slope = slope.astype(slope.dtype)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    return np.asarray(apply_read_scaling(raw, slope, inter), dtype=dtype)
 
 
 def scaled_dtype(spec: ProxySpec) -> np.dtype:
@@ -115,26 +181,223 @@ def scaled_dtype(spec: ProxySpec) -> np.dtype:
     return np.asanyarray(probe).dtype
 
 
-class _ProxyCache:
-    """A small thread-safe LRU of ArrayProxy objects, one cache per process.
+#: Reads of up to this many bytes get their buffer at once; a larger read
+#: grows it as the decoded bytes arrive, so a header that promises more data
+#: than the stream holds fails before the whole promise is allocated.
+DIRECT_ALLOCATION_BYTES = 256 << 20
+#: Size of the pieces a larger read grows by.
+_GROWTH_BYTES = 64 << 20
 
-    Keyed on the spec plus the file's size and modification time, so a file
-    rewritten in place is never read through a stale gzip index.
+
+def read_into(stream: IO[bytes], target: memoryview) -> int:
+    """Fill ``target`` from ``stream``; return the bytes read (fewer only at the end)."""
+    filled = 0
+    while filled < len(target):
+        read = stream.readinto(target[filled:])
+        if not read:
+            break
+        filled += read
+    return filled
+
+
+def read_fully(stream: IO[bytes], nbytes: int) -> np.ndarray:
+    """Read exactly ``nbytes`` from ``stream`` into a new ``uint8`` array.
+
+    Up to :data:`DIRECT_ALLOCATION_BYTES` the array is allocated at once;
+    beyond, it is read in pieces and joined only when every byte has arrived,
+    so a stream that ends short never costs the size its header promised.
+
+    Raises
+    ------
+    EOFError
+        If the stream ends first (the message says how far it went).
+
+    """
+    if nbytes <= DIRECT_ALLOCATION_BYTES:
+        buffer = np.empty(nbytes, np.uint8)
+        filled = read_into(stream, memoryview(buffer))
+        if filled != nbytes:
+            raise EOFError(f"the decoded stream ends {filled} bytes into a read of {nbytes}")
+        return buffer
+    pieces, filled = [], 0
+    while filled < nbytes:
+        piece = np.empty(min(_GROWTH_BYTES, nbytes - filled), np.uint8)
+        got = read_into(stream, memoryview(piece))
+        filled += got
+        if got != len(piece):
+            raise EOFError(f"the decoded stream ends {filled} bytes into a read of {nbytes}")
+        pieces.append(piece)
+    return np.concatenate(pieces)
+
+
+def _open_seekable_gzip(raw: IO[bytes]) -> IO[bytes]:
+    """Return a seekable decoder over an open ``.gz``: ``indexed_gzip`` if installed."""
+    try:
+        from indexed_gzip import IndexedGzipFile
+    except ImportError:  # pragma: no cover - optional dependency
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return IndexedGzipFile(fileobj=raw, drop_handles=False)
+
+
+class GzipSlabReader:
+    """Byte ranges of the decoded stream of one ``.nii.gz`` version, in one process.
+
+    Keeps one open descriptor (so a file replaced on disk after this reader
+    was made is not mixed in) and one seekable decoder with its seek index.
+    The CRC32 of every range read is folded as it streams by (no second
+    pass); once the ranges read by this process cover the whole voxel data,
+    they are combined with the header's into the CRC32 of the stream and
+    compared with the gzip trailer. A mismatch raises
+    :class:`~daskmask.exceptions.NiftiReadError` in the read that completed
+    the coverage, and in every later read of this file version.
+
+    What can and cannot be detected:
+
+    * A **full read** (every time chunk, in any order, by the threads of one
+      process: ``.compute()``, ``.values``, ``fit``) checks the CRC32 and the
+      size of the whole stream, so any flipped bit is caught.
+    * A **partial read** (one slab, some volumes, a spatial subset, or a full
+      read spread over several worker processes) cannot check a CRC32 that
+      covers the whole stream. It detects only what the decoder notices on the
+      way (an invalid deflate code, a stream that ends early) and a file
+      changed since it was opened. A flipped bit inside stored (level 0) or
+      validly decodable deflate data gives wrong values silently. ``gzip -t``
+      or a full read detects it.
+
+    Parameters
+    ----------
+    spec : ProxySpec
+        The file version (its ``identity`` is checked when the file is opened).
+
+    """
+
+    def __init__(self, spec: ProxySpec) -> None:
+        self.path = spec.path
+        self._data_start, self._data_end = data_bytes(spec)
+        self._raw = open(spec.path, "rb")  # noqa: SIM115 - lives as long as the reader
+        stat = os.fstat(self._raw.fileno())
+        check_unchanged(spec.path, spec.identity, stat)
+        self._identity = file_identity(stat)
+        self._compressed_size = stat.st_size
+        self._stream = _open_seekable_gzip(self._raw)
+        self._lock = threading.Lock()
+        self._pieces: dict[int, tuple[int, int]] = {}
+        self._pieces_lock = threading.Lock()
+        self._checking = False
+        self.verified = False
+
+    def read(self, start: int, nbytes: int) -> np.ndarray:
+        """Return ``nbytes`` decoded bytes from offset ``start`` as ``uint8``.
+
+        Raises
+        ------
+        EOFError
+            If the stream ends first.
+        NiftiReadError
+            If this read completes a full pass whose CRC32 does not match.
+
+        """
+        with self._lock:
+            self._stream.seek(start)
+            data = read_fully(self._stream, nbytes)
+        if not self.verified and self._data_start <= start and nbytes:
+            self._record(start, nbytes, crc32(data))
+        return data
+
+    def _record(self, start: int, nbytes: int, crc: int) -> None:
+        with self._pieces_lock:
+            self._pieces[start] = (start + nbytes, crc)
+            chain = None if self._checking else self._chain()
+            if chain is None:
+                return
+            self._checking = True
+        try:
+            self._verify(chain)
+        finally:
+            self._checking = False
+
+    def _chain(self) -> list[tuple[int, int]] | None:
+        """``(crc, length)`` of pieces covering the data in order, or None."""
+        chain, position = [], self._data_start
+        while position < self._data_end:
+            piece = self._pieces.get(position)
+            if piece is None:
+                return None
+            end, crc = piece
+            chain.append((crc, end - position))
+            position = end
+        return chain if position == self._data_end else None
+
+    def _verify(self, chain: list[tuple[int, int]]) -> None:
+        try:
+            with self._lock:
+                self._stream.seek(0)
+                header = read_fully(self._stream, self._data_start)
+            total = crc32(header)
+            for crc, length in chain:
+                total = crc32_combine(total, crc, length)
+            trailer = os.pread(self._raw.fileno(), 8, self._compressed_size - 8)
+            expected_crc = int.from_bytes(trailer[:4], "little")
+            expected_size = int.from_bytes(trailer[4:], "little")
+            if total == expected_crc and self._data_end % (1 << 32) == expected_size:
+                self.verified = True
+                return
+            # Several gzip members, bytes after the voxel data, or corruption:
+            # decode the whole stream once and let the decoder's checks decide.
+            verify_gzip_stream(self.path, self._identity)
+        except _READ_ERRORS as error:
+            message = (
+                f"'{self.path}' is corrupt (CRC mismatch): the CRC32 of its decoded data "
+                f"does not match its gzip trailer ({type(error).__name__}: {error}). "
+                "Re-create or re-download the file."
+            )
+            _CORRUPT[self.path, self._identity] = message
+            raise NiftiReadError(message) from None
+        self.verified = True
+
+
+#: Messages of the file versions found corrupt in this process, by (path, identity).
+_CORRUPT: dict[tuple[str, Identity], str] = {}
+
+
+class _Readers(NamedTuple):
+    """What one process reads one file version with."""
+
+    proxy: ArrayProxy
+    gzip: GzipSlabReader | None
+
+
+class _ProxyCache:
+    """A small thread-safe LRU of file readers, one cache per process.
+
+    Keyed on the spec (which holds the file version it was opened at) plus
+    the file's size and modification time. Every ``get`` stats the file once
+    and raises :class:`~daskmask.exceptions.InputChangedError` if it is no
+    longer the version that was opened. A forked child starts afresh: open
+    descriptors and gzip indexes are not shared between processes.
     """
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
-        self._proxies: OrderedDict[tuple[Any, ...], ArrayProxy] = OrderedDict()
+        self._proxies: OrderedDict[tuple[Any, ...], _Readers] = OrderedDict()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
-    def get(self, spec: ProxySpec) -> ArrayProxy:
+    def get(self, spec: ProxySpec) -> _Readers:
         stat = os.stat(spec.path)
+        check_unchanged(spec.path, spec.identity, stat)
+        corrupt = _CORRUPT.get((spec.path, file_identity(stat)))
+        if corrupt is not None:
+            raise NiftiReadError(corrupt)
         key = (spec, stat.st_size, stat.st_mtime_ns)
         with self._lock:
-            proxy = self._proxies.get(key)
-            if proxy is not None:
+            if self._pid != os.getpid():
+                self._proxies.clear()
+                self._pid = os.getpid()
+            readers = self._proxies.get(key)
+            if readers is not None:
                 self._proxies.move_to_end(key)
-                return proxy
+                return readers
         # mmap=False: chunks must be plain in-memory arrays, not views that
         # keep the file mapped after the task returns.
         proxy = ArrayProxy(
@@ -143,11 +406,14 @@ class _ProxyCache:
             mmap=False,
             order=spec.order,
         )
+        gzip_reader = GzipSlabReader(spec) if spec.gzip else None
+        readers = _Readers(proxy, gzip_reader)
         with self._lock:
-            self._proxies[key] = proxy
+            # Two threads may have made readers at once: keep the first.
+            readers = self._proxies.setdefault(key, readers)
             while len(self._proxies) > self._max_size:
                 self._proxies.popitem(last=False)
-        return proxy
+        return readers
 
     def discard(self, spec: ProxySpec) -> None:
         with self._lock:
@@ -239,7 +505,14 @@ class NiftiArrayWrapper(BackendArray):
         if 0 in out_shape:
             return np.empty(out_shape, dtype=self.dtype)
         try:
-            data = _PROXIES.get(self.spec)[key]
+            readers = _PROXIES.get(self.spec)
+            span = _slab_span(key, self.shape)
+            if readers.gzip is not None and span is not None:
+                data = self._read_slab(readers.gzip, *span)
+            else:
+                data = readers.proxy[key]
+        except (NiftiReadError, InputChangedError):
+            raise
         except FileNotFoundError as error:
             raise NiftiReadError(
                 f"File not found: '{self.spec.path}' (it was removed after it was opened; "
@@ -253,6 +526,38 @@ class NiftiArrayWrapper(BackendArray):
                 "re-create or re-download it."
             ) from None
         return np.asarray(data, dtype=self.dtype)
+
+    def _read_slab(self, reader: GzipSlabReader, first: int, stop: int, squeeze: bool) -> Any:
+        """Read whole leading dimensions, ``first:stop`` along the last, as raw bytes.
+
+        In Fortran order such a slab (whole volumes of a 4D run) is one
+        contiguous byte range of the decoded stream.
+        """
+        on_disk = np.dtype(self.spec.on_disk_dtype)
+        leading = self.shape[:-1]
+        stride = math.prod(leading) * on_disk.itemsize
+        raw = reader.read(self.spec.offset + first * stride, (stop - first) * stride)
+        values = raw.view(on_disk).reshape((*leading, stop - first), order="F")
+        if squeeze:
+            values = values[..., 0]
+        return scale(values, self.spec, self.dtype)
+
+
+def _slab_span(key: Key, shape: tuple[int, ...]) -> tuple[int, int, bool] | None:
+    """``(first, stop, squeeze)`` along the last axis if ``key`` is a contiguous slab.
+
+    A slab keeps every other axis whole and takes a step-1 range (or one
+    index, then ``squeeze``) of the last: what dask's time chunks read.
+    """
+    for part, size in zip(key[:-1], shape[:-1], strict=True):
+        if not isinstance(part, slice) or part.indices(size) != (0, size, 1):
+            return None
+    last, size = key[-1], shape[-1]
+    if isinstance(last, slice):
+        first, stop, step = last.indices(size)
+        return (first, stop, False) if step == 1 and stop > first else None
+    index = range(size)[last]
+    return index, index + 1, True
 
 
 class StackedNiftiArray(BackendArray):

@@ -13,12 +13,23 @@ Fortran-ordered ``(x, y, z, time)`` volumes, so writing a slab is one
 ``pwrite`` and reading one back is one ``pread`` and a copy-free
 transposition. Measured on the HCP-like run (2.2 GB of int16): the
 transform read 14.8 s through a Zarr array and a rechunk, 5.0 s this way.
+
+The pass reads the stream to its very end, so the decoder checks the CRC32 and
+size of every gzip trailer (no second pass): a flipped bit anywhere in the
+file raises :class:`~daskmask.exceptions.NiftiReadError`. It decodes the file
+version :func:`~daskmask.reading.open_nifti` recorded, and every read of the
+copy checks that the file is still that version, so a run replaced on disk
+after ``fit`` raises :class:`~daskmask.exceptions.InputChangedError` instead of
+silently giving the old data. A full scratch disk raises
+:class:`~daskmask.exceptions.ScratchSpaceError`.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -31,13 +42,25 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from nibabel.volumeutils import apply_read_scaling
 
 from daskmask._rawio import read_exactly, write_exactly
-from daskmask.exceptions import NiftiReadError
+from daskmask.exceptions import NiftiReadError, ScratchSpaceError
 from daskmask.extraction._store import TemporaryStore
 from daskmask.masking._mean import _accumulator_dtype, _fold_volumes, _mean_dtype
-from daskmask.reading._array import ProxySpec, spec_from_proxy
+from daskmask.reading._array import (
+    DIRECT_ALLOCATION_BYTES,
+    ProxySpec,
+    read_fully,
+    read_into,
+    scale,
+    spec_from_proxy,
+)
+from daskmask.reading._integrity import (
+    GZIP_DECODERS,
+    Identity,
+    check_unchanged,
+    file_identity,
+)
 
 __all__ = [
     "decode_once",
@@ -54,10 +77,10 @@ DECODED = "decoded.raw"
 
 #: Decoders by documented speed on this kind of data (architecture anchors,
 #: part B: isal 0.5-0.8 GB/s, zlib-ng 0.4-0.9 GB/s, stdlib 0.2 GB/s).
-_DECODERS = ("isal.igzip", "zlib_ng.gzip_ng", "gzip")
+_DECODERS = GZIP_DECODERS
 
-#: Errors that mean a corrupt or truncated gzip stream, whatever the decoder.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError)
+#: ``errno`` values of a full disk or an exhausted quota.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _opener(name: str) -> Callable[..., IO[bytes]] | None:
@@ -112,22 +135,26 @@ def measure_decoders(path: str | os.PathLike[str], block: int = 64 << 20) -> dic
     return speeds
 
 
-def source_key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
-    """Identify a file version: absolute path, size and modification time (ns).
+def source_key(
+    path: str | os.PathLike[str], stat: os.stat_result | None = None
+) -> tuple[str, int, int, int]:
+    """Identify a file version: absolute path, size, modification time (ns), inode.
 
     Parameters
     ----------
     path : str or os.PathLike
         The file.
+    stat : os.stat_result, optional
+        Its status (e.g. ``os.fstat`` of an open descriptor); read by path
+        when not given.
 
     Returns
     -------
-    tuple of (str, int, int)
+    tuple of (str, int, int, int)
 
     """
     absolute = os.path.abspath(os.fspath(path))
-    stat = os.stat(absolute)
-    return absolute, stat.st_size, stat.st_mtime_ns
+    return (absolute, *file_identity(os.stat(absolute) if stat is None else stat))
 
 
 def file_source(run: xr.DataArray) -> str | None:
@@ -190,35 +217,44 @@ def is_gzip_file(path: str) -> bool:
         return raw.read(2) == b"\x1f\x8b"
 
 
-def _scale(raw: np.ndarray, spec: ProxySpec, dtype: np.dtype) -> np.ndarray:
-    """Apply ``scl_slope``/``scl_inter`` exactly as nibabel's ArrayProxy does."""
-    slope = np.asanyarray(spec.slope)
-    inter = np.asanyarray(spec.inter)
-    if np.can_cast(slope, slope.dtype):
-        slope = slope.astype(slope.dtype)
-    if np.can_cast(inter, slope.dtype):
-        inter = inter.astype(slope.dtype)
-    return np.asarray(apply_read_scaling(raw, slope, inter), dtype=dtype)
-
-
 class _DecodedArray:
     """The decoded store seen as an ``(x, y, z, time)`` array, for dask.
 
     Holds the :class:`TemporaryStore`, so the store lives as long as any
     graph built on it; copies sent to other processes hold only its path.
+    Every read checks with one ``stat`` that the source file is still the
+    version that was decoded (``source``: path and identity): the copy must
+    not stand in for a file that was replaced or rewritten since.
     """
 
-    def __init__(self, store: TemporaryStore | str, shape: tuple[int, ...], dtype: Any) -> None:
+    def __init__(
+        self,
+        store: TemporaryStore | str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        source: tuple[str, Identity] | None = None,
+    ) -> None:
         self.store = store
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.ndim = len(shape)
+        self.source = source
 
     @property
     def path(self) -> str:
         return os.path.join(os.fspath(self.store), DECODED)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        if self.source is not None:
+            path, identity = self.source
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                raise NiftiReadError(
+                    f"File not found: '{path}' (it was removed after it was fitted); open "
+                    "and fit the file again."
+                ) from None
+            check_unchanged(path, identity, stat)
         # Read the whole volumes of the time range with one pread into a
         # C-ordered (time, z, y, x) buffer: its transpose is the Fortran-ordered
         # (x, y, z, time) slab, without a copy; then apply the spatial part.
@@ -234,17 +270,6 @@ class _DecodedArray:
             os.close(fd)
         volumes = slab.transpose()[..., ::step]
         return volumes[key[:3]] if any(k != slice(None) for k in key[:3]) else volumes
-
-
-def _read_into(stream: IO[bytes], target: memoryview) -> int:
-    """Fill ``target`` from ``stream``; return the bytes read (fewer only at the end)."""
-    filled = 0
-    while filled < len(target):
-        read = stream.readinto(target[filled:])
-        if not read:
-            break
-        filled += read
-    return filled
 
 
 def decode_once(
@@ -278,14 +303,56 @@ def decode_once(
     ValueError
         If ``run`` is not a 4-D run of one ``.nii.gz`` file.
     NiftiReadError
-        If the file is truncated or its gzip stream is corrupt.
+        If the file is truncated or its gzip stream is corrupt; the whole
+        stream is read, so a CRC32 or size that does not match a gzip
+        trailer is detected too.
+    InputChangedError
+        If the file is no longer the version ``run`` was opened from.
+    ScratchSpaceError
+        If the decoded copy does not fit in ``store_root`` (``ENOSPC`` or
+        ``EDQUOT``).
 
     """
     path = gzip_source(run)
     if path is None:
         raise ValueError("decode_once needs a 4-D run opened by open_nifti from one .nii.gz")
-    image = nib.load(path)
-    spec = spec_from_proxy(image.dataobj, run.shape)
+    # Decode through this descriptor: the version checked here is the one
+    # decoded, even if the path is replaced meanwhile.
+    raw_file = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    with raw_file:
+        stat = os.fstat(raw_file.fileno())
+        spec = _recorded_spec(run, path)
+        if spec is None:
+            spec = spec_from_proxy(nib.load(path).dataobj, run.shape, file_identity(stat))
+        check_unchanged(path, spec.identity, stat)
+        key = source_key(path, stat)
+        store, mean = _decode(run, spec, raw_file, store_root, chunk_volumes)
+    array = _DecodedArray(store, tuple(run.shape), run.dtype, (path, file_identity(stat)))
+    data = _decoded_dask_array(array, key, chunk_volumes)
+    attrs = {**run.attrs, "decoded_store": os.path.join(store.root, DECODED)}
+    result = xr.DataArray(data, dims=run.dims, coords=run.coords, attrs=attrs, name=run.name)
+    result.encoding["decoded_array"] = array
+    result.encoding["source_key"] = key
+    return result, mean
+
+
+def _recorded_spec(run: xr.DataArray, path: str) -> ProxySpec | None:
+    """Return the spec :func:`~daskmask.reading.open_nifti` recorded for ``run``, if any."""
+    spec = run.encoding.get("nifti_spec")
+    if isinstance(spec, ProxySpec) and spec.path == path and spec.shape == tuple(run.shape):
+        return spec
+    return None
+
+
+def _decode(
+    run: xr.DataArray,
+    spec: ProxySpec,
+    raw_file: IO[bytes],
+    store_root: str | Path,
+    chunk_volumes: int,
+) -> tuple[TemporaryStore, np.ndarray]:
+    """Inflate ``raw_file`` into a new store under ``store_root``; return it and the mean."""
+    path = spec.path
     chunk_volumes = max(1, min(int(chunk_volumes), run.shape[3]))
     spatial, n_volumes = run.shape[:3], run.shape[3]
     on_disk = np.dtype(spec.on_disk_dtype)
@@ -313,47 +380,91 @@ def decode_once(
         # helper keeps the slabs, hence the floating-point sum, in time order.
         # Two buffers, inflated into in turn: a fresh 30-100 MB bytes object
         # per slab would be mapped and page-faulted afresh every time, which
-        # doubled the time of this pass on the benchmark machine.
-        buffers = [bytearray(chunk_volumes * volume_bytes) for _ in range(2)]
+        # doubled the time of this pass on the benchmark machine. A slab
+        # larger than DIRECT_ALLOCATION_BYTES (one huge volume) is instead
+        # read in pieces, so a stream shorter than its header promises fails
+        # before the promised size is allocated.
+        slab_bytes = chunk_volumes * volume_bytes
+        buffers = (
+            [np.empty(slab_bytes, np.uint8) for _ in range(2)]
+            if slab_bytes <= DIRECT_ALLOCATION_BYTES
+            else None
+        )
         fd = os.open(decoded_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        with opener(path, "rb") as stream, ThreadPoolExecutor(1) as helper, os.fdopen(fd, "wb"):
+        with (
+            opener(raw_file, "rb") as stream,
+            ThreadPoolExecutor(1) as helper,
+            os.fdopen(fd, "wb"),
+        ):
             if len(stream.read(spec.offset)) != spec.offset:
                 raise EOFError("the stream ends inside the header")
             for index, start in enumerate(range(0, n_volumes, chunk_volumes)):
                 count = min(chunk_volumes, n_volumes - start)
-                # The helper finished with this buffer: its job was awaited
-                # before the previous slab was handed over.
-                raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
-                if _read_into(stream, raw_bytes) != count * volume_bytes:
-                    raise EOFError(f"the stream ends before volume {start + count - 1}")
+                if buffers is None:
+                    raw_bytes = memoryview(read_fully(stream, count * volume_bytes))
+                else:
+                    # The helper finished with this buffer: its job was
+                    # awaited before the previous slab was handed over.
+                    raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
+                    if read_into(stream, raw_bytes) != count * volume_bytes:
+                        raise EOFError(f"the stream ends before volume {start + count - 1}")
                 # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time).
                 raw = np.frombuffer(raw_bytes, dtype=on_disk).reshape(count, *spatial[::-1])
-                slab = _scale(raw.transpose(), spec, run.dtype)
+                slab = scale(raw.transpose(), spec, run.dtype)
                 if pending is not None:
                     pending.result()
                 pending = helper.submit(write_and_fold, fd, start, slab)
                 del raw_bytes, raw, slab
+            # Read on to the end of the stream (normally just the trailer):
+            # the decoder then checks the CRC32 and size of every gzip member
+            # against the bytes it produced, without a second pass.
+            tail = bytearray(1 << 20)
+            while stream.readinto(tail):
+                pass
             if pending is not None:
                 pending.result()
-    except _DECODE_ERRORS as error:
+    except OSError as error:
         store.cleanup()
-        raise NiftiReadError(
-            f"Cannot decode '{path}': {type(error).__name__}: {error}. The file is "
-            "truncated or corrupt; re-create or re-download it."
-        ) from None
+        if error.errno in _NO_SPACE:
+            raise _scratch_full(error, store_root, n_volumes * stored_volume_bytes) from None
+        raise _corrupt(path, error) from None
+    except (EOFError, zlib.error, ValueError) as error:
+        store.cleanup()
+        raise _corrupt(path, error) from None
     except BaseException:
         store.cleanup()
         raise
     # As numpy (and masking._mean): divide by an intp count, then cast.
     mean = np.asarray((running[0] / np.intp(n_volumes)).astype(_mean_dtype(run.dtype)))
+    return store, mean
 
-    array = _DecodedArray(store, tuple(run.shape), run.dtype)
-    data = _decoded_dask_array(array, source_key(path), chunk_volumes)
-    attrs = {**run.attrs, "decoded_store": decoded_path}
-    decoded = xr.DataArray(data, dims=run.dims, coords=run.coords, attrs=attrs, name=run.name)
-    decoded.encoding["decoded_array"] = array
-    decoded.encoding["source_key"] = source_key(path)
-    return decoded, mean
+
+def _corrupt(path: str, error: BaseException) -> NiftiReadError:
+    """Return the error of a stream that fails to decode or to match its trailer."""
+    reason = f"{type(error).__name__}: {error}"
+    if "crc" in reason.lower() or "length check" in reason.lower():
+        problem = "is corrupt (CRC mismatch: its decoded data do not match its gzip trailer)"
+    else:
+        problem = "is truncated or corrupt"
+    return NiftiReadError(
+        f"Cannot decode '{path}' ({reason}): the file {problem}. Re-create or re-download it."
+    )
+
+
+def _scratch_full(error: OSError, store_root: str | Path, needed: int) -> ScratchSpaceError:
+    """Return the error of a decoded copy that does not fit in the scratch folder."""
+    folder = os.path.abspath(os.fspath(store_root))
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 1e9:.2f} GB are free there"
+    except OSError:
+        free = ""
+    return ScratchSpaceError(
+        error.errno,
+        f"The scratch folder '{folder}' is full ({os.strerror(error.errno)}) while writing "
+        f"the decoded copy of a .nii.gz, which needs {needed / 1e9:.2f} GB{free}. Free "
+        "space there, or point the dask config 'daskmask.temporary-directory' at a larger "
+        "disk (dask.config.set({'daskmask.temporary-directory': '/path/with/space'})).",
+    )
 
 
 def _decoded_dask_array(array: _DecodedArray, key: Any, chunk_volumes: int) -> da.Array:

@@ -8,6 +8,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
+import xarray as xr
 
 #: Dimension names by number of dimensions; a 4D image is ``(x, y, z, time)``.
 SPATIAL_DIMS = ("x", "y", "z")
@@ -21,6 +23,11 @@ _SECONDS_PER_TIME_UNIT = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 #: example4d.nii.gz has ``pixdim[4] = 2000`` with unit "sec"); no fMRI
 #: acquisition has a TR of minutes.
 _IMPLAUSIBLE_TR_SECONDS = 100.0
+
+#: A time coordinate of more volumes than this is a lazy index (computed on
+#: access) instead of an array: a header may claim 2**31 volumes, whose
+#: coordinate alone would take 16 GB; real runs hold far fewer.
+EAGER_TIME_VALUES = 1 << 20
 
 #: File name endings stripped to name the DataArray after the image.
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".hdr.gz", ".img.gz", ".hdr", ".img", ".gz")
@@ -117,8 +124,14 @@ def image_stem(path: str | os.PathLike[str]) -> str:
     return name
 
 
-def build_coords(shape: tuple[int, ...], t_r: float | None) -> dict[str, np.ndarray]:
+def build_coords(shape: tuple[int, ...], t_r: float | None) -> xr.Coordinates:
     """Return integer voxel coordinates and a time coordinate in seconds.
+
+    Every coordinate is cheap whatever the header claims: voxel indices are
+    :class:`pandas.RangeIndex` (no array), and a time axis longer than
+    :data:`EAGER_TIME_VALUES` volumes is a lazy
+    :class:`xarray.indexes.RangeIndex` (when the installed xarray has one)
+    whose values ``i * t_r`` equal those of the array built for shorter runs.
 
     Parameters
     ----------
@@ -129,17 +142,40 @@ def build_coords(shape: tuple[int, ...], t_r: float | None) -> dict[str, np.ndar
 
     Returns
     -------
-    dict
-        One coordinate array per dimension.
+    xarray.Coordinates
+        One coordinate per dimension.
 
     """
-    coords: dict[str, np.ndarray] = {}
+    plain: dict[str, Any] = {}
+    lazy = None
     for dim, size in zip(dims_for(len(shape)), shape, strict=True):
         if dim == TIME_DIM and t_r is not None:
-            coords[dim] = np.arange(size, dtype=np.float64) * t_r
+            lazy = _lazy_time_index(size, t_r)
+            if lazy is None:
+                plain[dim] = np.arange(size, dtype=np.float64) * t_r
         else:
-            coords[dim] = np.arange(size)
-    return coords
+            plain[dim] = pd.RangeIndex(size, name=dim)
+    coords = xr.Coordinates(plain)
+    if lazy is None:
+        return coords
+    return coords.merge(xr.Coordinates.from_xindex(lazy)).coords
+
+
+def _lazy_time_index(size: int, t_r: float) -> Any:
+    """Return a lazy ``i * t_r`` time index for a long axis, or None (short, old xarray)."""
+    if size <= EAGER_TIME_VALUES:
+        return None
+    try:
+        from xarray.indexes import RangeIndex
+        from xarray.indexes.range_index import RangeCoordinateTransform
+
+        # ``step`` given as is, so that values are exactly ``i * t_r``.
+        transform = RangeCoordinateTransform(
+            0.0, size * t_r, size, TIME_DIM, TIME_DIM, step=float(t_r)
+        )
+    except (ImportError, TypeError):  # pragma: no cover - xarray before 2025.06 / GH11325
+        return None
+    return RangeIndex(transform)
 
 
 def header_metadata(header: Any, ndim: int) -> dict[str, Any]:

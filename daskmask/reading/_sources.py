@@ -6,10 +6,12 @@ the picklable arrays of :mod:`daskmask.reading._array`.
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import math
 import os
+import stat
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from daskmask.reading._array import (
     spec_from_proxy,
 )
 from daskmask.reading._chunks import ChunksLike, plan_time_chunks, volumes_per_chunk
+from daskmask.reading._integrity import MAX_DEFLATE_RATIO
 from daskmask.reading._metadata import (
     TIME_DIM,
     build_attrs,
@@ -53,6 +56,17 @@ _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
 _GLOB_CHARACTERS = frozenset("*?[]")
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+#: The two files of an Analyze/NIfTI pair: each suffix and its partner's.
+_PAIR_SUFFIXES = {".hdr": ".img", ".img": ".hdr", ".hdr.gz": ".img.gz", ".img.gz": ".hdr.gz"}
+
+#: Names of the kinds of non-regular files, for error messages.
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 #: Sizes of the NIfTI-1 and NIfTI-2 headers in bytes (their ``sizeof_hdr``).
 NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
 
@@ -220,18 +234,21 @@ def open_path(path: str) -> OpenedImage:
     Raises
     ------
     NiftiFileNotFoundError
-        If the file does not exist.
+        If the file does not exist, is a symbolic link loop or a dangling
+        link, or is half of an ``.hdr``/``.img`` pair whose other half is
+        missing.
     NiftiReadError
-        If it is a directory, not a readable image, or truncated.
+        If it is a directory or another non-regular file (a FIFO, a device:
+        refused without opening it, so nothing blocks), not a readable image,
+        truncated, or a ``.gz`` too small to hold the data its header
+        promises, or if its affine is singular or not finite.
     DimensionError, ValueError
         If the image has more than 4 non-singleton dimensions or is empty.
 
     """
     absolute = os.path.abspath(path)
-    if not os.path.exists(absolute):
-        raise NiftiFileNotFoundError(f"File not found: '{path}'")
-    if os.path.isdir(absolute):
-        raise NiftiReadError(f"'{path}' is a directory, not a NIfTI file.")
+    _check_regular_file(path, absolute)
+    _check_pair(path, absolute)
     try:
         image = nib.load(absolute)
     except Exception as error:  # nibabel raises many types for unreadable files
@@ -242,6 +259,58 @@ def open_path(path: str) -> OpenedImage:
             f"'{path}' is a {type(image).__name__}, not a volumetric (NIfTI) image."
         )
     return _from_nibabel(image)
+
+
+def _check_regular_file(path: str, absolute: str) -> None:
+    """Refuse what is missing, loops, or is not a regular file, without opening it."""
+    try:
+        status = os.stat(absolute)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise NiftiFileNotFoundError(
+                f"Cannot open '{path}': it is a symbolic link loop (ELOOP: too many levels "
+                "of symbolic links). Point the link at the NIfTI file itself."
+            ) from None
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(absolute):
+                raise NiftiFileNotFoundError(
+                    f"File not found: '{path}' is a symbolic link to "
+                    f"'{os.readlink(absolute)}', which does not exist."
+                ) from None
+            raise NiftiFileNotFoundError(f"File not found: '{path}'") from None
+        raise NiftiReadError(f"Cannot open '{path}': {error.strerror}.") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise NiftiReadError(f"'{path}' is a directory, not a NIfTI file.")
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "special")
+        raise NiftiReadError(
+            f"'{path}' is not a regular file (it is {kind}). open_nifti reads NIfTI files "
+            "by path, several times and from several processes; save the data to a "
+            ".nii or .nii.gz file first."
+        )
+
+
+def _check_pair(path: str, absolute: str) -> None:
+    """Name the missing half of an ``.hdr``/``.img`` pair before nibabel trips on it."""
+    lower = absolute.lower()
+    suffix = next(
+        (s for s in sorted(_PAIR_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None
+    )
+    if suffix is None:
+        return
+    stem, given = absolute[: -len(suffix)], absolute[-len(suffix) :]
+    partner = _PAIR_SUFFIXES[suffix]
+    # nibabel looks for the partner in the case of the given suffix first.
+    candidates = [stem + (partner.upper() if given.isupper() else partner)]
+    candidates += [stem + partner, stem + partner.upper()]
+    if any(os.path.isfile(candidate) for candidate in candidates):
+        return
+    role = "image (.img)" if partner.startswith(".img") else "header (.hdr)"
+    raise NiftiFileNotFoundError(
+        f"File not found: '{candidates[0]}', the {role} file of the Analyze/NIfTI pair "
+        f"'{path}'. A .hdr file needs its .img beside it (same name) and an .img its "
+        ".hdr; copy the missing file next to it."
+    )
 
 
 def _header_problem(path: str) -> str | None:
@@ -287,9 +356,16 @@ def _from_nibabel(image: SpatialImage) -> OpenedImage:
     shape = _squeezed_shape(tuple(image.shape), label)
     on_disk_dtype = np.dtype(image.get_data_dtype())
     affine = np.asarray(image.affine, dtype=np.float64)
+    _check_affine(affine, label)
     metadata = header_metadata(image.header, len(shape))
     if file_backed:
-        spec = spec_from_proxy(dataobj, shape)
+        try:
+            spec = spec_from_proxy(dataobj, shape)
+        except FileNotFoundError:
+            raise NiftiFileNotFoundError(
+                f"File not found: '{label}', the data file of "
+                f"{type(image).__name__} {image.get_filename()!r}."
+            ) from None
         _check_not_truncated(spec)
         try:
             scaled_dtype(spec)
@@ -343,12 +419,42 @@ def _squeezed_shape(shape: tuple[int, ...], label: str) -> tuple[int, ...]:
     return shape
 
 
+def _check_affine(affine: np.ndarray, label: str) -> None:
+    """Refuse an affine that no resampling or mask can use: not finite, or singular."""
+    problem = None
+    if not np.all(np.isfinite(affine)):
+        problem = "contains NaN or infinite values"
+    elif np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        problem = "is singular (its 3x3 part maps the voxel grid onto a plane, line or point)"
+    if problem is not None:
+        raise NiftiReadError(
+            f"The affine of '{label}' {problem}:\n{affine!r}\nIts voxels have no position "
+            "in space. Fix the header's sform/qform (and pixdim), e.g. with nibabel's "
+            "img.set_sform(affine) and img.set_qform(affine), then save the file again."
+        )
+
+
 def _check_not_truncated(spec: ProxySpec) -> None:
-    """Compare an uncompressed file's size with what its header promises."""
+    """Compare a file's size with what its header promises.
+
+    A ``.gz`` cannot be checked without decoding it, but deflate decodes to
+    at most :data:`MAX_DEFLATE_RATIO` bytes per compressed byte: a header that
+    promises more (a 100-byte file claiming 2**28 volumes) is refused here,
+    before any coordinate, chunk or buffer of the promised size is made.
+    """
+    promised = math.prod(spec.shape) * np.dtype(spec.on_disk_dtype).itemsize
+    size = spec.identity[0] if spec.identity is not None else os.path.getsize(spec.path)
+    if spec.gzip:
+        if spec.offset + promised > MAX_DEFLATE_RATIO * size:
+            raise NiftiReadError(
+                f"'{spec.path}' cannot hold the data its header promises: "
+                f"{promised} bytes after offset {spec.offset}, but a gzip file of {size} "
+                f"bytes decodes to at most {MAX_DEFLATE_RATIO * size} bytes. The header "
+                "is wrong or the file is truncated; re-create or re-download it."
+            )
+        return
     if spec.path.lower().endswith(_COMPRESSED_SUFFIXES):
         return
-    promised = math.prod(spec.shape) * np.dtype(spec.on_disk_dtype).itemsize
-    size = os.path.getsize(spec.path)
     if size < spec.offset + promised:
         held = max(0, size - spec.offset)
         raise NiftiReadError(
@@ -358,9 +464,9 @@ def _check_not_truncated(spec: ProxySpec) -> None:
         )
 
 
-def _file_stats(specs: Sequence[ProxySpec]) -> list[tuple[int, int]]:
-    stats = [os.stat(spec.path) for spec in specs]
-    return [(stat.st_size, stat.st_mtime_ns) for stat in stats]
+def _file_stats(specs: Sequence[ProxySpec]) -> list[tuple[int, ...]]:
+    """File versions (size, mtime, inode) recorded at open, for the graph names."""
+    return [tuple(spec.identity or ()) for spec in specs]
 
 
 def _element_dask_array(image: OpenedImage, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
@@ -377,7 +483,11 @@ def _single_image_array(image: OpenedImage, chunks: ChunksLike) -> xr.DataArray:
     dtype = _element_dtype(image)
     plan = plan_time_chunks(image.shape, dtype.itemsize, chunks)
     data = _element_dask_array(image, plan)
-    return _to_data_array(data, image, image.label, image.name)
+    array = _to_data_array(data, image, image.label, image.name)
+    if image.spec is not None:
+        # What the decode-once pass of fit checks the file against.
+        array.encoding["nifti_spec"] = image.spec
+    return array
 
 
 def _element_dtype(image: OpenedImage) -> np.dtype:

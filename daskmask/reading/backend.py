@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterable
@@ -54,7 +55,12 @@ def _looks_like_nifti_header(first_bytes: bytes) -> bool:
 
 
 def _sniff(path: str) -> bool:
-    """Read the first header bytes of a file (through gzip if needed) and check them."""
+    """Read the first header bytes of a file (through gzip if needed) and check them.
+
+    Anything but a regular file is not sniffed: opening a FIFO would block.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return False
     with open(path, "rb") as raw:
         first_bytes = raw.read(NIFTI2_HEADER_BYTES)
     if first_bytes.startswith(GZIP_MAGIC):
