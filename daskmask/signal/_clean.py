@@ -306,6 +306,10 @@ def clean(
         A confounds file does not exist.
     AllVolumesRemovedError
         A ``sample_mask`` keeps no sample (a ``ValueError``).
+    daskmask.exceptions.ConfoundsError
+        A confound holds NaN or Inf in a sample that is not censored (a
+        ``ValueError`` naming the file, the columns and the rows), e.g. the
+        ``n/a`` fMRIPrep writes in the first row of derivative columns.
 
     Notes
     -----

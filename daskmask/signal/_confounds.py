@@ -15,8 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from daskmask.exceptions import ConfoundsError
+
 _DELIMITERS = " \t,;"
 _TOP_LEVEL_TYPES = (list, tuple, str, np.ndarray, pd.DataFrame)
+#: Rows and columns named in a non-finite confounds error before "and N more".
+_ROWS_SHOWN = 5
+_COLUMNS_SHOWN = 8
 
 
 def as_float(data: np.ndarray) -> np.ndarray:
@@ -161,3 +166,120 @@ def load_confounds(confounds: Any, n_samples: int) -> np.ndarray | None:
     items = confounds if isinstance(confounds, (list, tuple)) else (confounds,)
     arrays = [_one_confound(item, n_samples) for item in items]
     return as_float(np.hstack(arrays))
+
+
+def _header_names(path: str, n_columns: int) -> list[str] | None:
+    """Column names from the header line of a confounds file, or None without one.
+
+    The header is the line :func:`read_confounds_file` skipped; the names are
+    split at the first delimiter that gives one name per column.
+    """
+    with Path(path).open() as handle:
+        first_line = handle.readline().strip()
+    try:
+        float(first_line.split()[0].strip(_DELIMITERS))
+    except (ValueError, IndexError):
+        pass
+    else:
+        return None  # numbers: no header
+    for delimiter in ("\t", ",", ";", None):
+        names = [name.strip().strip('"') for name in first_line.split(delimiter)]
+        if len(names) == n_columns:
+            return names
+    return None
+
+
+def _column_labels(confounds: Any) -> list[tuple[str, str]]:
+    """``(source, column label)`` of every column of what :func:`load_confounds` stacks.
+
+    The source is ``"file PATH"``, ``"DataFrame"`` or ``"array"``, with the item's
+    position when ``confounds`` is a list; the label is the column's name when
+    there is one (a DataFrame's, a file header's), else its number.
+    """
+    if isinstance(confounds, os.PathLike):
+        confounds = os.fspath(confounds)
+    several = isinstance(confounds, (list, tuple))
+    items = confounds if several else (confounds,)
+    labels: list[tuple[str, str]] = []
+    for position, item in enumerate(items):
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        where = f"confounds[{position}], " if several else ""
+        names: list[str] | None = None
+        if isinstance(item, pd.DataFrame):
+            source, names = f"{where}DataFrame", [str(name) for name in item.columns]
+            n_columns = item.shape[1]
+        elif isinstance(item, str):
+            n_columns = read_confounds_file(item).shape[1]
+            source, names = f"{where}file {item}", _header_names(item, n_columns)
+        else:
+            array = np.asarray(item)
+            source, n_columns = f"{where}array", 1 if array.ndim == 1 else array.shape[1]
+        for column in range(n_columns):
+            label = f"column {column}"
+            if names is not None:
+                label = f"column {names[column]!r} (column {column})"
+            labels.append((source, label))
+    return labels
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    """``"row 0"`` or ``"rows 0, 3, 5, 7, 9 and 4 more (9 rows)"``."""
+    shown = ", ".join(str(row) for row in rows[:_ROWS_SHOWN])
+    if rows.size == 1:
+        return f"row {shown}"
+    more = f" and {rows.size - _ROWS_SHOWN} more" if rows.size > _ROWS_SHOWN else ""
+    return f"rows {shown}{more} ({rows.size} rows)"
+
+
+def check_finite_confounds(
+    stacked: np.ndarray, confounds: Any, used_rows: np.ndarray | None = None
+) -> None:
+    """Raise :class:`ConfoundsError` if a used row of the confounds holds NaN or Inf.
+
+    Parameters
+    ----------
+    stacked : numpy.ndarray
+        ``(n_samples, n_confounds)`` float array from :func:`load_confounds`.
+    confounds : Any
+        What the user passed (to name the files and columns in the message).
+    used_rows : numpy.ndarray or None, default=None
+        Rows that enter the regression; rows censored by ``sample_mask`` may
+        hold anything, as in nilearn. None: every row.
+
+    Raises
+    ------
+    ConfoundsError
+        Naming the file (if any), the columns and the rows (time points, from 0),
+        and how to fill or drop them.
+
+    """
+    used = stacked if used_rows is None else stacked[used_rows]
+    finite = np.isfinite(used)
+    if finite.all():
+        return
+    rows_of = np.arange(stacked.shape[0]) if used_rows is None else np.asarray(used_rows)
+    labels = _column_labels(confounds)
+    problems: list[str] = []
+    bad_columns = np.flatnonzero(~finite.all(axis=0))
+    for column in bad_columns[:_COLUMNS_SHOWN]:
+        source, label = labels[column]
+        kinds = []
+        for kind, test in (("NaN", np.isnan), ("Inf", np.isinf)):
+            rows = rows_of[test(used[:, column])]
+            if rows.size:
+                kinds.append(f"{kind} in {_rows_text(rows)}")
+        problems.append(f"{source}: {label} has {' and '.join(kinds)}")
+    if bad_columns.size > _COLUMNS_SHOWN:
+        more = bad_columns.size - _COLUMNS_SHOWN
+        problems.append(f"and {more} more column{'s' if more > 1 else ''}")
+    raise ConfoundsError(
+        "Confounds contain non-finite values (NaN or Inf), which cannot be regressed out:\n  "
+        + ";\n  ".join(problems)
+        + ".\nRows are time points, counted from 0 (a file's header line is not a row). "
+        "Fill or drop these values before cleaning. fMRIPrep writes 'n/a' in the first row "
+        "of derivative columns (*_derivative1, framewise_displacement, dvars, ...): fill "
+        "them with 0 (e.g. pandas.read_csv(path, sep='\\t').fillna(0)), as nilearn's "
+        "fMRIPrep loader (nilearn.interfaces.fmriprep.load_confounds) does after demeaning, "
+        "or drop the column, or censor those volumes with sample_mask."
+    )

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import linalg
 
 from daskmask.signal._checks import check_clean_params, check_in
-from daskmask.signal._confounds import as_float, load_confounds
+from daskmask.signal._confounds import as_float, check_finite_confounds, load_confounds
 from daskmask.signal._detrend import detrend as detrend_columns
 from daskmask.signal._filters import (
     add_cosine_drift,
@@ -276,8 +276,15 @@ extrapolate, kwargs
         )
     filter_type = check_filter(filter, low_pass, high_pass, t_r)
     run_rows = _split_runs(runs, n_samples)
+    given_confounds = confounds
     confounds = load_confounds(confounds, n_samples)
     masks = validate_sample_mask(sample_mask, [len(rows) for rows in run_rows])
+    if confounds is not None:
+        # Only rows that enter the regression: censored ones may hold NaN, as in nilearn.
+        used = None
+        if masks is not None:
+            used = np.concatenate([rows[m] for rows, m in zip(run_rows, masks, strict=True)])
+        check_finite_confounds(confounds, given_confounds, used)
     check_in(ensure_finite, [True, False], "ensure_finite")
     standardize = normalize_standardize(standardize)
     butterworth = butterworth_options(kwargs)
