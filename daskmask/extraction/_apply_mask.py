@@ -193,9 +193,6 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
             gate,
             int(edges[block]),
             int(edges[block + 1]),
-            store.root,
-            block,
-            len(voxel_chunks),
             shape,
             dtype,
         )
