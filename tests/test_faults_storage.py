@@ -8,7 +8,13 @@ real ``SIGKILL`` of a real ``save`` in a subprocess.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import daskmask as dm
+from daskmask import _lease
 from daskmask.datasets import generate_epi
 from daskmask.exceptions import DaskmaskError
 from daskmask.storage import (
     CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
+    StoreNotFoundError,
     open_results,
 )
 
@@ -33,13 +41,18 @@ VOXEL_BLOCK = 1000
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
+def run_file(tmp_path_factory) -> Path:
+    """A small generated EPI run (uncompressed NIfTI)."""
+    folder = tmp_path_factory.mktemp("run")
+    return Path(generate_epi(folder / "run.nii", shape=(20, 24, 16), n_timepoints=30, seed=3))
+
+
+@pytest.fixture(scope="module")
+def pristine(run_file, tmp_path_factory) -> Path:
     """A complete store of a real masker run, signals in several voxel chunks."""
-    folder = tmp_path_factory.mktemp("pristine")
-    run = generate_epi(folder / "run.nii", shape=(20, 24, 16), n_timepoints=30, seed=3)
-    X = dm.NiftiMasker().fit_transform(run)
+    X = dm.NiftiMasker().fit_transform(run_file)
     X = X.chunk({"voxel": VOXEL_BLOCK})
-    return dm.save(X, folder / "sub-01.zarr")
+    return dm.save(X, tmp_path_factory.mktemp("pristine") / "sub-01.zarr")
 
 
 @pytest.fixture
@@ -424,3 +437,219 @@ def test_any_metadata_change_is_refused_or_harmless(pristine, tmp_path_factory, 
     # accepted: only a change that does not alter what the store holds
     for name, values in expected.items():
         np.testing.assert_array_equal(got[name], values)
+
+
+# ------------------------------------------------------------ killed saves
+
+#: What every subprocess runs first: a real masker run, signals in voxel chunks.
+PRELUDE = """
+import os, signal, sys
+import dask
+import daskmask as dm
+from daskmask.storage import _commit
+
+run, target = sys.argv[1], sys.argv[2]
+X = dm.NiftiMasker(standardize="zscore_sample").fit_transform(run).chunk({"voxel": 1000})
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def run_killed(tmp_path: Path, body: str, run_file: Path, target: Path) -> None:
+    """Run PRELUDE + body in a new interpreter; it must die of SIGKILL."""
+    script = tmp_path / "killed.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    done = subprocess.run(
+        [sys.executable, str(script), str(run_file), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+
+
+def work_folders(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if ".partial-" in n or ".old-" in n)
+
+
+@pytest.fixture(scope="module")
+def new_values(run_file, tmp_path_factory) -> dict[str, np.ndarray]:
+    """What the subprocess's save writes (PRELUDE's X), saved undisturbed elsewhere."""
+    X = dm.NiftiMasker(standardize="zscore_sample").fit_transform(run_file)
+    path = tmp_path_factory.mktemp("new") / "new.zarr"
+    return read_everything(dm.save(X.chunk({"voxel": VOXEL_BLOCK}), path))
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
+@pytest.mark.timeout(120)
+def test_save_killed_mid_write_is_cleaned_by_the_next_save(tmp_path, run_file, pristine):
+    out = tmp_path / "out"
+    out.mkdir()
+    # kill the writer once two chunks of the signals are on disk, others still to come
+    run_killed(
+        tmp_path,
+        """
+        from pathlib import Path
+        folder = Path(target).parent
+
+        def kill_mid_write(block):
+            if len(list(folder.glob(".*.partial-*/store/signals/c/0/*"))) >= 2:
+                die()
+            return block
+
+        X = X.copy(data=X.data.map_blocks(kill_mid_write, dtype=X.dtype))
+        with dask.config.set(scheduler="threads", num_workers=1):
+            dm.save(X, target)
+        """,
+        run_file,
+        out / "sub-01.zarr",
+    )
+    (left,) = work_folders(out)
+    assert left.startswith(".sub-01.zarr.partial-")
+    assert len(list((out / left / "store" / "signals" / "c" / "0").iterdir())) >= 2
+    assert _lease.owner_is_dead(out / left)
+    with pytest.raises(StoreNotFoundError):
+        open_results(out / "sub-01.zarr")
+    # the next save into that folder, of any store, removes what the dead writer left
+    dm.save(open_results(pristine).signals, out / "sub-02.zarr")
+    assert work_folders(out) == []
+    assert sorted(os.listdir(out)) == ["sub-02.zarr"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_live_writer_in_another_pid_namespace_is_left_alone(tmp_path, pristine):
+    work = tmp_path / ".other.zarr.partial-0123abcd"
+    (work / "store").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from daskmask._lease import Lease\n"
+            "lease = Lease.acquire(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n",
+            str(work),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        record = _lease.read_record(work)
+        # same host name, another PID namespace: its pid means nothing here
+        assert record["pid_namespace"] != os.stat("/proc/self/ns/pid").st_ino
+        signals = open_results(pristine).signals
+        dm.save(signals, tmp_path / "sub-02.zarr")
+        assert (work / "store").is_dir()
+        assert work.name in work_folders(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # its owner gone (the kernel dropped the lock), the next save removes it
+    deadline = time.monotonic() + 10
+    while not _lease.owner_is_dead(work) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dm.save(signals, tmp_path / "sub-03.zarr")
+    assert work_folders(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_work_folder_of_another_host_is_left_alone(tmp_path, pristine):
+    work = tmp_path / ".other.zarr.partial-0123abcd"
+    (work / "store").mkdir(parents=True)
+    _lease.Lease.acquire(work).release()  # its owner is gone...
+    record = json.loads((work / _lease.RECORD_FILE).read_text())
+    record["hostname"] = "another-node"  # ...but it was on another machine
+    (work / _lease.RECORD_FILE).write_text(json.dumps(record))
+    no_lease = tmp_path / ".older.zarr.partial-89abcdef"  # an older daskmask's partial store
+    no_lease.mkdir()
+    dm.save(open_results(pristine).signals, tmp_path / "sub-02.zarr")
+    assert (work / "store").is_dir()
+    assert no_lease.is_dir()
+
+
+# kill at each step of an overwrite: the path then opens as the old store or the new one
+KILLS = {
+    "before-exchange": (
+        """
+        def exchange(first, second):
+            die()
+        _commit.exchange = exchange
+        """,
+        "old",
+    ),
+    "after-exchange": (
+        """
+        real_exchange = _commit.exchange
+        def exchange(first, second):
+            assert real_exchange(first, second)
+            die()
+        _commit.exchange = exchange
+        """,
+        "new",
+    ),
+}
+#: A file system without RENAME_EXCHANGE: two renames, a kill before, between or after.
+for _case, _calls, _expected in [
+    ("fallback-after-marker", 0, "old"),
+    ("fallback-between-renames", 1, "new"),
+    ("fallback-after-both-renames", 2, "new"),
+]:
+    KILLS[_case] = (
+        f"""
+        real_rename = os.rename
+        calls = []
+        def rename(source, target):
+            if {_calls} == 0:
+                die()
+            real_rename(source, target)
+            calls.append(target)
+            if len(calls) == {_calls}:
+                die()
+        def exchange(first, second):
+            os.rename = rename  # from here on, the commit's renames
+            return False
+        _commit.exchange = exchange
+        """,
+        _expected,
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("case", "recover_by"),
+    [(case, "open") for case in KILLS] + [("fallback-between-renames", "save")],
+)
+def test_overwrite_killed_at_each_step(tmp_path, run_file, pristine, new_values, case, recover_by):
+    body, expected = KILLS[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    target = Path(shutil.copytree(pristine, out / "sub-01.zarr"))
+    old = read_everything(target)
+    run_killed(
+        tmp_path,
+        textwrap.dedent(body) + "\ndm.save(X, target, overwrite=True)\n",
+        run_file,
+        target,
+    )
+    assert work_folders(out)  # the killed writer left its work folder
+    if recover_by == "save":
+        dm.save(open_results(pristine).signals, out / "sub-02.zarr")
+        assert work_folders(out) == []
+    got = read_everything(target)
+    assert_same(got, old if expected == "old" else new_values)
+    dm.save(open_results(pristine).signals, out / "sub-03.zarr", overwrite=True)
+    assert work_folders(out) == []

@@ -40,14 +40,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from daskmask import _lease
 from daskmask.storage import _layout as layout
-
-try:
-    from daskmask import _lease
-except ImportError:  # TEMPORARY until daskmask._lease lands
-    _lease = None  # type: ignore[assignment]
 
 #: Sub-folder of the work folder that holds the store.
 STORE = "store"
@@ -136,12 +131,12 @@ def remove_tree(path: Path, attempts: int = 20) -> None:
             time.sleep(0.01 * (attempt + 1))
 
 
-def new_work_folder(path: Path, token: str) -> tuple[Path, Any]:
+def new_work_folder(path: Path, token: str) -> tuple[Path, _lease.Lease]:
     """Create and lease the work folder of a save to ``path``; return it and its lease."""
     work = layout.sibling(path, "partial", token)
     work.mkdir()
     try:
-        lease = _lease.Lease.acquire(work) if _lease else None
+        lease = _lease.Lease.acquire(work)
         (work / STORE).mkdir()
     except BaseException:
         remove_tree(work)
@@ -149,7 +144,7 @@ def new_work_folder(path: Path, token: str) -> tuple[Path, Any]:
     return work, lease
 
 
-def discard(work: Path, lease: Any) -> None:
+def discard(work: Path, lease: _lease.Lease | None) -> None:
     """Delete a work folder: its contents first, the lease last (so it is never unowned)."""
     for name in (STORE, OLD):
         remove_tree(work / name)
@@ -205,6 +200,20 @@ def _restore(work: Path, path: Path) -> bool:
     return False
 
 
+def _take_over(work: Path) -> _lease.Lease | None:
+    """Lease the work folder of a dead save, or return None if its owner may be alive.
+
+    Holding the lease keeps every other cleaner or recoverer away while the
+    folder is restored or deleted.
+    """
+    if not _lease.owner_is_dead(work):
+        return None
+    try:
+        return _lease.Lease.acquire(work)
+    except OSError:  # another process took it over first, or it is gone
+        return None
+
+
 def recover_missing(path: Path, wait: float = 2.0) -> bool:
     """Bring back the store at ``path`` after a save was killed in the middle of a replace.
 
@@ -224,11 +233,15 @@ def recover_missing(path: Path, wait: float = 2.0) -> bool:
         for work in _work_folders(path):
             if not (work / COMMITTING).exists():
                 continue
-            if _lease and _lease.owner_is_dead(work):
-                if _restore(work, path):
-                    return True
-            else:
+            lease = _take_over(work)
+            if lease is None:
                 live = True
+                continue
+            try:
+                if not os.path.lexists(path):
+                    _restore(work, path)
+            finally:
+                discard(work, lease)
         if os.path.lexists(path):
             return True
         if not live or time.monotonic() > deadline:
@@ -240,8 +253,10 @@ def remove_dead_work_folders(parent: Path) -> list[Path]:
     """Delete the work folders in ``parent`` left by saves whose process is dead.
 
     An interrupted replace is finished first (its store is put back at its
-    path when nothing is there). Folders whose owner may be alive, and
-    anything not shaped like a work folder, are left alone.
+    path when nothing is there). Folders whose owner may be alive (another
+    host, another boot, or a process holding the lease in any PID namespace
+    of this kernel), folders without a lease, and anything not named like a
+    work folder are left alone.
 
     Returns
     -------
@@ -249,7 +264,7 @@ def remove_dead_work_folders(parent: Path) -> list[Path]:
         The folders deleted.
 
     """
-    removed = []
+    removed: list[Path] = []
     try:
         names = sorted(os.listdir(parent))
     except OSError:
@@ -257,13 +272,16 @@ def remove_dead_work_folders(parent: Path) -> list[Path]:
     for name in names:
         match = _WORK_NAME.match(name)
         work = parent / name
-        if match is None or not work.is_dir() or work.is_symlink():
+        if match is None or work.is_symlink() or not work.is_dir():
             continue
-        if not (_lease and _lease.owner_is_dead(work)):
+        lease = _take_over(work)
+        if lease is None:
             continue
-        target = parent / match["name"]
-        if (work / COMMITTING).exists() and not os.path.lexists(target):
-            _restore(work, target)
-        if _lease.remove_if_dead(work):
-            removed.append(work)
+        try:
+            target = parent / match["name"]
+            if (work / COMMITTING).exists() and not os.path.lexists(target):
+                _restore(work, target)
+        finally:
+            discard(work, lease)
+        removed.append(work)
     return removed
