@@ -85,6 +85,8 @@ def test_apply_mask_equals_nilearn(name, strategy, block_bytes, run_dir, isolate
     result = signals.compute()
     assert result.dtype == expected.dtype
     np.testing.assert_array_equal(result, expected)
+    del signals
+    gc.collect()
     assert _leftovers(isolated_tmp) == []
 
 
@@ -176,20 +178,22 @@ def test_intermediate_graph_is_linear(run_dir):
     )
 
 
-def test_store_is_removed_after_compute_or_collection(run_dir, isolated_tmp):
+def test_store_lives_as_long_as_the_graph(run_dir, isolated_tmp):
     path, mask = _run_and_mask("generated-raw", run_dir)
     signals = apply_mask(path, mask, strategy="intermediate", block_bytes=200_000)
     assert len(_leftovers(isolated_tmp)) == 1  # reserved, empty
-    first = signals[:, :3].compute()  # a partial compute keeps the store
+    first = signals[:, :3].compute()
     assert len(_leftovers(isolated_tmp)) == 1
-    np.testing.assert_array_equal(signals.compute()[:, :3], first)
-    assert _leftovers(isolated_tmp) == []  # a full compute removes it
-    again = signals.compute()  # ... and a later compute recreates it
-    np.testing.assert_array_equal(again[:, :3], first)
+    whole = signals.compute()
+    np.testing.assert_array_equal(whole[:, :3], first)
+    # A full compute keeps it: a task recomputed later (a lost worker) reads it again.
+    assert len(_leftovers(isolated_tmp)) == 1
+    np.testing.assert_array_equal(signals.compute(), whole)
+    np.testing.assert_array_equal((signals * 2).compute(), whole * 2)
     partial = apply_mask(path, mask, strategy="intermediate", block_bytes=200_000)
     partial[:, :2].compute()
-    assert len(_leftovers(isolated_tmp)) == 1
-    del partial
+    assert len(_leftovers(isolated_tmp)) == 2
+    del partial, signals
     gc.collect()
     assert _leftovers(isolated_tmp) == []
 
@@ -211,6 +215,8 @@ def test_distributed_intermediate_equals_nilearn(client, run_dir, isolated_tmp):
     np.testing.assert_array_equal(result, nl_masking.apply_mask(str(path), mask))
     expected = nl_masking.apply_mask(str(path), mask, smoothing_fwhm=5.0)
     np.testing.assert_allclose(result_smoothed, expected, rtol=1e-5, atol=1e-5)
+    del signals, smoothed
+    gc.collect()
     assert _leftovers(isolated_tmp) == []
 
 
@@ -332,6 +338,8 @@ def test_unmask_to_file_reloads_equal(kind, suffix, run_dir, tmp_path, isolated_
     np.testing.assert_array_equal(data, np.asanyarray(expected.dataobj))
     np.testing.assert_allclose(reloaded.affine, expected.affine)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    del signals, X
+    gc.collect()
     assert _leftovers(isolated_tmp) == []
 
 
