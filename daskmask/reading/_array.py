@@ -520,12 +520,27 @@ class NiftiArrayWrapper(BackendArray):
             ) from error
         except _READ_ERRORS as error:
             _PROXIES.discard(self.spec)
-            raise NiftiReadError(
-                f"Cannot read {_describe_volumes(key, self.shape)} of '{self.spec.path}': "
-                f"{type(error).__name__}: {error}. The file is truncated or corrupt; "
-                "re-create or re-download it."
-            ) from None
+            raise self._read_error(key, error) from None
         return np.asarray(data, dtype=self.dtype)
+
+    def _read_error(self, key: Key, error: BaseException) -> NiftiReadError:
+        """Name the file, the volumes and the problem; remember a CRC mismatch."""
+        reason = f"{type(error).__name__}: {error}"
+        volumes = _describe_volumes(key, self.shape)
+        if "crc" not in reason.lower():
+            return NiftiReadError(
+                f"Cannot read {volumes} of '{self.spec.path}': {reason}. The file is "
+                "truncated or corrupt; re-create or re-download it."
+            )
+        # indexed_gzip checks the trailer itself when one read decodes the
+        # whole stream from its start.
+        message = (
+            f"'{self.spec.path}' is corrupt (CRC mismatch): reading {volumes}, its decoded "
+            f"data did not match its gzip trailer ({reason}). Re-create or re-download it."
+        )
+        if self.spec.identity is not None:
+            _CORRUPT[self.spec.path, tuple(self.spec.identity)] = message
+        return NiftiReadError(message)
 
     def _read_slab(self, reader: GzipSlabReader, first: int, stop: int, squeeze: bool) -> Any:
         """Read whole leading dimensions, ``first:stop`` along the last, as raw bytes.
