@@ -653,3 +653,18 @@ def test_overwrite_killed_at_each_step(tmp_path, run_file, pristine, new_values,
     assert_same(got, old if expected == "old" else new_values)
     dm.save(open_results(pristine).signals, out / "sub-03.zarr", overwrite=True)
     assert work_folders(out) == []
+
+
+@pytest.mark.timeout(60)
+def test_format_1_store_still_opens(store):
+    """Stores written before manifests and checksums (format 1) open as before, unchecked."""
+    expected = read_everything(store)
+
+    def to_format_1(doc):
+        del doc["attributes"]["manifest"]
+        doc["attributes"]["format_version"] = 1
+
+    edit_json(store / "zarr.json", to_format_1)
+    results = open_results(store)
+    assert results.format_version == 1
+    assert_same(read_everything(store), expected)
