@@ -224,7 +224,7 @@ def _run_limited(script: str, timeout: float = 60) -> dict:
 
 _PROBE = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import numpy as np
     import daskmask as dm
 
@@ -248,7 +248,9 @@ def _probe(path: Path, body: str) -> dict:
     script = _PROBE.replace("PATH", repr(str(path))) + textwrap.dedent(body)
     script += textwrap.dedent(
         """
-        results["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM, not ru_maxrss: the latter keeps the parent's peak across exec.
+        status = open("/proc/self/status").read()
+        results["max_rss_mb"] = int(status.split("VmHWM:")[1].split()[0]) / 1024
         print(json.dumps(results, default=str))
         """
     )

@@ -649,7 +649,7 @@ class StackedNiftiArray(BackendArray):
 def dask_array_from(
     wrapper: NiftiArrayWrapper | StackedNiftiArray,
     chunks: tuple[tuple[int, ...], ...],
-    file_stats: Sequence[tuple[int, int]],
+    file_stats: Sequence[tuple[int, ...]],
 ) -> da.Array:
     """Wrap a NIfTI array in dask, one task per chunk.
 
@@ -659,9 +659,9 @@ def dask_array_from(
         The lazily indexed array.
     chunks : tuple of tuple of int
         Full dask chunks, e.g. from :func:`~daskmask.reading._chunks.plan_time_chunks`.
-    file_stats : sequence of (int, int)
-        ``(size, mtime_ns)`` of every file read, so that the graph name
-        changes whenever a file changes.
+    file_stats : sequence of tuple of int
+        The version of every file read (``(size, mtime_ns, inode)``), so that
+        the graph name changes whenever a file changes.
 
     Returns
     -------

@@ -357,7 +357,13 @@ def _decode(
     spatial, n_volumes = run.shape[:3], run.shape[3]
     on_disk = np.dtype(spec.on_disk_dtype)
     stored = run.dtype.newbyteorder("=")
-    store = TemporaryStore(prefix="daskmask-decoded-", directory=os.fspath(store_root))
+    needed = n_volumes * int(np.prod(spatial)) * stored.itemsize
+    try:
+        store = TemporaryStore(prefix="daskmask-decoded-", directory=os.fspath(store_root))
+    except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise _scratch_full(error, store_root, needed) from None
+        raise
     decoded_path = os.path.join(store.root, DECODED)
     stored_volume_bytes = int(np.prod(spatial)) * stored.itemsize
     accumulator = _accumulator_dtype(run.dtype)
@@ -426,7 +432,7 @@ def _decode(
     except OSError as error:
         store.cleanup()
         if error.errno in _NO_SPACE:
-            raise _scratch_full(error, store_root, n_volumes * stored_volume_bytes) from None
+            raise _scratch_full(error, store_root, needed) from None
         raise _corrupt(path, error) from None
     except (EOFError, zlib.error, ValueError) as error:
         store.cleanup()

@@ -134,10 +134,19 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
     Raises
     ------
     NiftiFileNotFoundError
-        A path does not exist or a glob pattern matches nothing.
+        A path does not exist, is a symbolic link loop, or is half of an
+        ``.hdr``/``.img`` pair whose other half is missing; a glob pattern
+        matches nothing.
     NiftiReadError
-        A file is not a readable image, or a ``.nii`` is shorter than its
-        header says. Corrupt ``.nii.gz`` data raise it when computed.
+        A file is not a readable image or not a regular file (a FIFO, a
+        device), a ``.nii`` is shorter than its header says, a ``.gz`` is too
+        small to hold what its header promises, or the affine is singular or
+        not finite. Corrupt ``.nii.gz`` data raise it when computed (a full
+        read checks the gzip trailer's CRC32; see
+        :class:`~daskmask.reading._array.GzipSlabReader`).
+    InputChangedError
+        When computed, if a file changed (size, modification time or inode)
+        after it was opened.
     DimensionError
         An image has more than 4 non-singleton dimensions, or a nested list
         was given.
