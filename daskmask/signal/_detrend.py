@@ -42,7 +42,13 @@ def detrend(x: np.ndarray, copy: bool = True) -> np.ndarray:
         return x
     x -= x.mean(axis=0)
     ramp = linear_ramp(x.shape[0], x.dtype)
-    slopes = np.dot(ramp, x)
+    # Not np.dot: OpenBLAS splits a gemv between its threads and rounds the
+    # columns at the split points differently, so the bits of a block would
+    # depend on the BLAS threads of the process that cleans it (a recomputed
+    # block on a restarted worker, a cluster against the threaded scheduler).
+    # einsum sums every column in time order, whatever the threads (in float64,
+    # which also keeps the slopes as accurate as BLAS's blocked float32 sums).
+    slopes = np.einsum("t,tv->v", ramp, x, dtype=np.float64).astype(x.dtype, copy=False)
     # x -= outer(ramp, slopes), a few rows at a time: the same float
     # operations (hence the same bits as nilearn) without a temporary of the
     # size of x, whose allocation and extra pass cost more than the arithmetic.
