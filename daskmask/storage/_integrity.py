@@ -12,8 +12,10 @@ A store of format 2 or newer is self-checking:
   its metadata document, and the SHA-256 of the other root attributes.
 
 :func:`check_arrays` (run by ``open_results``) compares the array metadata
-with the manifest and lists the chunk files, without reading any data.
-:class:`CheckedLocalStore` is the store the lazy arrays read through: a
+with the manifest and lists the chunk files, without reading any data; it
+works on any :class:`~daskmask.storage._tree.StoreTree` (a local folder or an
+object-store prefix). :class:`CheckedLocalStore` and
+:class:`CheckedFsspecStore` are the stores the lazy arrays read through: a
 chunk that the manifest says exists but is missing, or whose checksum does
 not match, raises :class:`CorruptStoreError` naming the array and chunk,
 where plain Zarr would return the fill value or a codec error.
@@ -25,7 +27,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ import numpy as np
 from zarr.abc.store import ByteRequest
 from zarr.codecs import Crc32cCodec
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import LocalStore
+from zarr.storage import FsspecStore, LocalStore
 
+from daskmask._fs import storage_errors
 from daskmask.storage._errors import CorruptStoreError
+from daskmask.storage._tree import LocalTree, StoreTree
 
 #: Name of the codec that checksums every chunk (last of every codec chain).
 CHECKSUM_CODEC = "crc32c"
@@ -77,11 +80,16 @@ def chunk_keys(grid: Iterable[int]) -> Iterable[str]:
         yield _SEPARATOR.join(("c", *map(str, index)))
 
 
-def _read_metadata(root: Path, name: str) -> dict[str, Any]:
+def as_tree(root: StoreTree | Path | str) -> StoreTree:
+    """Return ``root`` as a :class:`StoreTree` (a path is a local folder)."""
+    return root if isinstance(root, StoreTree) else LocalTree(root)
+
+
+def _read_metadata(root: StoreTree, name: str) -> dict[str, Any]:
     """Return the parsed ``zarr.json`` of the array ``name``, or raise CorruptStoreError."""
-    file = root / name / "zarr.json"
+    file = root.describe(f"{name}/zarr.json")
     try:
-        text = file.read_bytes()
+        text = root.read(f"{name}/zarr.json")
     except FileNotFoundError:
         raise CorruptStoreError(
             f"The results store {root} has no array '{name}' ({file} is missing), "
@@ -117,7 +125,7 @@ def _int_list(value: Any) -> list[int] | None:
     return list(value)
 
 
-def describe_array(root: Path, name: str) -> dict[str, Any]:
+def describe_array(root: StoreTree | Path, name: str) -> dict[str, Any]:
     """Return the manifest entry of array ``name`` from its metadata.
 
     Raises
@@ -127,13 +135,14 @@ def describe_array(root: Path, name: str) -> dict[str, Any]:
         array whose chunks are checksummed with ``crc32c``.
 
     """
+    root = as_tree(root)
     metadata = _read_metadata(root, name)
     problem = None
 
     def bad(what: str) -> CorruptStoreError:
         return CorruptStoreError(
             f"The metadata of array '{name}' in the results store {root} "
-            f"({root / name / 'zarr.json'}) is damaged: {what}. {REWRITE}",
+            f"({root.describe(name + '/zarr.json')}) is damaged: {what}. {REWRITE}",
             path=str(root),
             array=name,
         )
@@ -182,28 +191,30 @@ def describe_array(root: Path, name: str) -> dict[str, Any]:
     }
 
 
-def array_names(root: Path) -> list[str]:
+def array_names(root: StoreTree | Path) -> list[str]:
     """Return the names of the arrays directly under the store ``root`` (sorted)."""
+    root = as_tree(root)
+    children = root.children()
+    prefetch = getattr(root, "prefetch", None)
+    if prefetch is not None:  # an object store: fetch every array's metadata at once
+        prefetch([f"{name}/zarr.json" for name in children])
     names = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        metadata = Path(entry.path) / "zarr.json"
+    for name in children:
         try:
-            node = json.loads(metadata.read_bytes()).get("node_type")
+            node = json.loads(root.read(f"{name}/zarr.json")).get("node_type")
         except (OSError, ValueError, AttributeError):
             continue
         if node == "array":
-            names.append(entry.name)
+            names.append(name)
     return names
 
 
-def build_manifest(root: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
+def build_manifest(root: StoreTree | Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Return the manifest of a freshly written store, after checking every chunk is there.
 
     Parameters
     ----------
-    root : pathlib.Path
+    root : StoreTree or pathlib.Path
         The store.
     attrs : mapping
         Its root attributes as written (parsed from its ``zarr.json``).
@@ -216,13 +227,14 @@ def build_manifest(root: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
         chunks and the digest of its whole metadata document.
 
     """
+    root = as_tree(root)
     arrays = {name: describe_array(root, name) for name in array_names(root)}
     for name, entry in arrays.items():
         _check_chunk_files(root, name, entry)
     return {"arrays": arrays, "attributes_sha256": attributes_digest(attrs)}
 
 
-def check_manifest(attrs: Mapping[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+def check_manifest(attrs: Mapping[str, Any], root: object) -> dict[str, dict[str, Any]]:
     """Check the root attribute ``manifest`` and the attributes it covers; return its arrays.
 
     Raises
@@ -272,14 +284,11 @@ def check_manifest(attrs: Mapping[str, Any], root: Path) -> dict[str, dict[str, 
     return arrays
 
 
-def _check_chunk_files(root: Path, name: str, entry: Mapping[str, Any]) -> None:
+def _check_chunk_files(root: StoreTree, name: str, entry: Mapping[str, Any]) -> None:
     """Raise CorruptStoreError if a chunk of the manifest entry has no file."""
-    base = root / name
-    present = set()
-    for directory, _, files in os.walk(base / "c"):
-        relative = os.path.relpath(directory, base).replace(os.sep, _SEPARATOR)
-        present.update(f"{relative}{_SEPARATOR}{file}" for file in files)
-    if (base / "c").is_file():
+    start = len(name) + 1
+    present = {key[start:] for key in root.files(f"{name}/c")}
+    if root.is_file(f"{name}/c"):
         present.add("c")
     grid = chunk_grid(entry["shape"], entry["chunks"])
     missing = [key for key in chunk_keys(grid) if key not in present]
@@ -294,7 +303,7 @@ def _check_chunk_files(root: Path, name: str, entry: Mapping[str, Any]) -> None:
         )
 
 
-def check_arrays(root: Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
+def check_arrays(root: StoreTree | Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
     """Check each array's metadata against the manifest and that all its chunk files exist.
 
     Reads only the small ``zarr.json`` files and lists the chunk directories.
@@ -306,6 +315,7 @@ def check_arrays(root: Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
         manifest, or one of its chunks has no file.
 
     """
+    root = as_tree(root)
     for name, entry in manifest.items():
         found = describe_array(root, name)
         if found != dict(entry):
@@ -321,7 +331,7 @@ def check_arrays(root: Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
         _check_chunk_files(root, name, entry)
 
 
-def verify_chunk(data: np.ndarray | bytes, root: Path, name: str, chunk: str) -> None:
+def verify_chunk(data: np.ndarray | bytes, root: object, name: str, chunk: str) -> None:
     """Raise CorruptStoreError unless the last 4 bytes of ``data`` are the CRC-32C of the rest."""
     view = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if view.size < 4:
@@ -344,7 +354,43 @@ def verify_chunk(data: np.ndarray | bytes, root: Path, name: str, chunk: str) ->
         )
 
 
-class CheckedLocalStore(LocalStore):
+class _ChecksChunks:
+    """What both checked stores do: refuse missing chunks, verify each chunk's CRC-32C.
+
+    ``arrays`` names the arrays whose every chunk was written (the manifest);
+    ``label`` names the store in messages.
+    """
+
+    arrays: frozenset[str]
+    label: str
+
+    def _chunk(self, key: str) -> tuple[str, str] | None:
+        """Return ``(array, chunk key)`` when ``key`` is a chunk of a checked array."""
+        name, _, rest = key.partition("/")
+        if name in self.arrays and (rest == "c" or rest.startswith("c/")):
+            return name, rest
+        return None
+
+    def _checked(self, key: str, buffer: Buffer | None, whole: bool) -> Buffer | None:
+        chunk = self._chunk(key)
+        if chunk is None:
+            return buffer
+        name, rest = chunk
+        if buffer is None:
+            raise CorruptStoreError(
+                f"Chunk {rest} of array '{name}' is missing from the results store "
+                f"{self.label} (it was written: the store's manifest counts it). "
+                f"{REWRITE}",
+                path=self.label,
+                array=name,
+                chunk=rest,
+            )
+        if whole:
+            verify_chunk(buffer.as_numpy_array(), self.label, name, rest)
+        return buffer
+
+
+class CheckedLocalStore(_ChecksChunks, LocalStore):
     """A read-only local store that refuses missing or corrupt chunks of known arrays.
 
     Parameters
@@ -366,6 +412,11 @@ class CheckedLocalStore(LocalStore):
         super().__init__(root, read_only=read_only)
         self.arrays = frozenset(arrays)
 
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        """The store directory, for messages."""
+        return str(self.root)
+
     def with_read_only(self, read_only: bool = False) -> CheckedLocalStore:  # noqa: D102
         return type(self)(self.root, read_only=read_only, arrays=self.arrays)
 
@@ -374,31 +425,6 @@ class CheckedLocalStore(LocalStore):
 
     def __hash__(self) -> int:
         return hash((str(self.root), self.arrays))
-
-    def _chunk(self, key: str) -> tuple[str, str] | None:
-        """Return ``(array, chunk key)`` when ``key`` is a chunk of a checked array."""
-        name, _, rest = key.partition("/")
-        if name in self.arrays and (rest == "c" or rest.startswith("c/")):
-            return name, rest
-        return None
-
-    def _checked(self, key: str, buffer: Buffer | None, whole: bool) -> Buffer | None:
-        chunk = self._chunk(key)
-        if chunk is None:
-            return buffer
-        name, rest = chunk
-        if buffer is None:
-            raise CorruptStoreError(
-                f"Chunk {rest} of array '{name}' is missing from the results store "
-                f"{self.root} (it was written: the store's manifest counts it). "
-                f"{REWRITE}",
-                path=str(self.root),
-                array=name,
-                chunk=rest,
-            )
-        if whole:
-            verify_chunk(buffer.as_numpy_array(), self.root, name, rest)
-        return buffer
 
     async def get(  # noqa: D102
         self,
@@ -426,6 +452,76 @@ class CheckedLocalStore(LocalStore):
     ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
         buffers = await super().get_partial_values(prototype, key_ranges)
+        return [
+            self._checked(key, buffer, byte_range is None)
+            for (key, byte_range), buffer in zip(key_ranges, buffers, strict=True)
+        ]
+
+
+class CheckedFsspecStore(_ChecksChunks, FsspecStore):
+    """A read-only fsspec store (an object-store prefix) with the checks of CheckedLocalStore.
+
+    Errors of the storage library (no credentials, an endpoint that does not
+    answer, ...) raised while reading a chunk become the typed
+    :class:`~daskmask.exceptions.StorageError` subclasses naming the URL.
+
+    Parameters
+    ----------
+    fs : fsspec.asyn.AsyncFileSystem
+        The file system (asynchronous, as zarr's ``FsspecStore`` needs it).
+    path : str
+        The store's path in ``fs`` (without the protocol).
+    label : str
+        The store's URL, for messages.
+    read_only : bool, default=True
+        Zarr's read-only flag.
+    arrays : iterable of str
+        As for :class:`CheckedLocalStore`.
+
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        path: str,
+        *,
+        label: str,
+        read_only: bool = True,
+        arrays: Iterable[str] = (),
+    ) -> None:
+        super().__init__(fs=fs, read_only=read_only, path=path)
+        self.arrays = frozenset(arrays)
+        self.label = label
+
+    def with_read_only(self, read_only: bool = False) -> CheckedFsspecStore:  # noqa: D102
+        return type(self)(
+            self.fs, self.path, label=self.label, read_only=read_only, arrays=self.arrays
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and self.arrays == getattr(other, "arrays", None)
+
+    def __hash__(self) -> int:
+        return hash((self.label, self.arrays))
+
+    async def get(  # noqa: D102
+        self,
+        key: str,
+        prototype: BufferPrototype,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        with storage_errors(f"{self.label}/{key}"):
+            buffer = await super().get(key, prototype, byte_range)
+        return self._checked(key, buffer, byte_range is None)
+
+    async def get_partial_values(  # noqa: D102
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        with storage_errors(self.label):
+            buffers = await super().get_partial_values(prototype, key_ranges)
         return [
             self._checked(key, buffer, byte_range is None)
             for (key, byte_range), buffer in zip(key_ranges, buffers, strict=True)

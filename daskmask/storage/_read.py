@@ -6,49 +6,63 @@ what is wrong and what to do: :class:`StoreNotFoundError`,
 :class:`IncompleteStoreError` (no completion marker) or
 :class:`CorruptStoreError` (bad metadata or attributes, missing or changed
 chunks), never a raw ``JSONDecodeError``, ``KeyError`` or ``TypeError``.
+The same checks run on a local folder and on an object-store prefix (through
+:mod:`daskmask.storage._backends`); errors of the storage library are typed
+:class:`~daskmask.exceptions.StorageError` subclasses naming the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import xarray as xr
-from zarr.storage import LocalStore
 
+from daskmask._fs import Location, locate, storage_errors
 from daskmask.exceptions import DaskmaskError
 from daskmask.storage import _layout as layout
+from daskmask.storage._backends import StoreBackend, backend_for
 from daskmask.storage._errors import (
     CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
     StoreNotFoundError,
 )
-from daskmask.storage._integrity import REWRITE, CheckedLocalStore, check_arrays, check_manifest
+from daskmask.storage._integrity import REWRITE, check_arrays, check_manifest
 from daskmask.storage._results import Results
+from daskmask.storage._tree import StoreTree
 
 
-def _corrupt(path: Path, what: str, array: str | None = None) -> CorruptStoreError:
+def _corrupt(path: object, what: str, array: str | None = None) -> CorruptStoreError:
     return CorruptStoreError(
         f"The results store {path} is damaged: {what}. {REWRITE}", path=str(path), array=array
     )
 
 
-def _root_attributes(path: Path) -> dict[str, Any]:
-    """Return the root attributes of the Zarr group at ``path``, or raise a store error."""
-    if not os.path.lexists(path):
-        from daskmask.storage._commit import recover_missing
+def _incomplete(path: object) -> IncompleteStoreError:
+    return IncompleteStoreError(
+        f"The results store {path} is incomplete: its write failed or was interrupted "
+        "before it was marked complete. Write it again: daskmask.save(signals, "
+        f"{str(path)!r}, overwrite=True)."
+    )
 
-        if not recover_missing(path):
-            raise StoreNotFoundError(f"No results store at {path}.")
-    metadata_file = path / "zarr.json"
-    if not path.is_dir() or not metadata_file.is_file():
+
+def _root_attributes(location: Location, backend: StoreBackend, tree: StoreTree) -> dict:
+    """Return the root attributes of the Zarr group at ``location``, or raise a store error."""
+    path = str(tree)
+    if not tree.exists() and not backend.recover(location):
+        raise StoreNotFoundError(f"No results store at {path}.")
+    metadata_file = tree.describe("zarr.json")
+    if not tree.is_container() or not tree.is_file("zarr.json"):
+        if tree.is_container() and "signals" in tree.children():
+            # the arrays of a store without its root: a write or removal cut short
+            raise _incomplete(path)
         raise NotAStoreError(f"{path} is not a daskmask results store (no Zarr v3 group).")
-    raw = metadata_file.read_bytes()
+    raw = tree.read("zarr.json")
     # a damaged root of one of ours is corrupt; anything else is simply not ours
     ours = b"daskmask_version" in raw
     try:
@@ -83,7 +97,7 @@ def _is_count(value: Any, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _check_attributes(path: Path, attrs: Mapping[str, Any]) -> int:
+def _check_attributes(path: object, attrs: Mapping[str, Any]) -> int:
     """Check the root attributes' presence and types; return the format version."""
     if "format_version" not in attrs or "daskmask_version" not in attrs:
         raise NotAStoreError(f"{path} is a Zarr store but not a daskmask results store.")
@@ -96,10 +110,7 @@ def _check_attributes(path: Path, attrs: Mapping[str, Any]) -> int:
     if not isinstance(complete, bool):
         raise _corrupt(path, f"root attribute 'complete' is {complete!r}, not true or false")
     if not complete:
-        raise IncompleteStoreError(
-            f"The results store {path} is incomplete: its write failed or was interrupted. "
-            "Write it again."
-        )
+        raise _incomplete(path)
     if version > layout.FORMAT_VERSION:
         raise NotAStoreError(
             f"{path} has format version {version}; this daskmask reads "
@@ -125,7 +136,7 @@ def _check_attributes(path: Path, attrs: Mapping[str, Any]) -> int:
     return version
 
 
-def _check_dataset(path: Path, dataset: xr.Dataset, attrs: Mapping[str, Any]) -> None:
+def _check_dataset(path: object, dataset: xr.Dataset, attrs: Mapping[str, Any]) -> None:
     """Check that the arrays fit together: signals, mask on the grid, voxel coordinates."""
     for name in (layout.SIGNALS, layout.MASK):
         if name not in dataset:
@@ -161,21 +172,28 @@ def _check_dataset(path: Path, dataset: xr.Dataset, attrs: Mapping[str, Any]) ->
             )
 
 
-def open_results(path: str | os.PathLike[str]) -> Results:
+def open_results(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Results:
     """Open a results store written by :func:`daskmask.storage.save`, lazily.
 
     Parameters
     ----------
     path : str or os.PathLike
-        The store directory.
+        The store directory, or the URL of a store in an object store
+        (``s3://bucket/sub-01.zarr``, any fsspec URL).
+    storage_options : mapping, optional
+        File-system options for a URL (credentials, ``endpoint_url``, ...),
+        merged over the dask config ``daskmask.storage-options``; by default
+        the file system's usual environment.
 
     Returns
     -------
     Results
         Signals, mask, mean image, parameters and provenance. Only metadata,
         the list of chunk files and the small index coordinates are read; the
-        signals stay on disk until computed, and every chunk read is checked
-        against its CRC-32C.
+        signals stay in the store until computed, and every chunk read is
+        checked against its CRC-32C.
 
     Raises
     ------
@@ -185,49 +203,58 @@ def open_results(path: str | os.PathLike[str]) -> Results:
         ``path`` is not a daskmask store, or one of a newer format.
     IncompleteStoreError
         The store has no completion marker: its write failed or was
-        interrupted.
+        interrupted (in an object store: also an overwrite cut short, once
+        the old store was invalidated). Save it again with ``overwrite=True``.
     CorruptStoreError
         Metadata or root attributes are malformed, or an array or chunk
         written is missing. Also raised later, when the lazy arrays are
         computed, by a chunk that is missing or fails its checksum.
+    daskmask.exceptions.StorageError
+        An object store cannot be read: missing bucket, missing or wrong
+        credentials, an endpoint that does not answer.
 
     Notes
     -----
-    If a save that was replacing ``path`` was killed at the instant when
-    nothing is at ``path`` (only on file systems without an atomic exchange
-    of directories), the complete store it left is moved back first.
+    If a save that was replacing a local ``path`` was killed at the instant
+    when nothing is at ``path`` (only on file systems without an atomic
+    exchange of directories), the complete store it left is moved back first.
     Stores of format 1 (before manifests and checksums) open unchecked.
 
     """
-    path = Path(os.path.abspath(os.fspath(path)))
-    attrs = _root_attributes(path)
-    version = _check_attributes(path, attrs)
-    store: LocalStore
+    location = locate(path, storage_options)
+    backend = backend_for(location)
+    tree = backend.tree(location)
+    label = str(tree)
+    attrs = _root_attributes(location, backend, tree)
+    version = _check_attributes(label, attrs)
+    arrays: Mapping[str, Any] = {}
     if version >= layout.CHECKED_FORMAT_VERSION:
-        manifest = check_manifest(attrs, path)
+        manifest = check_manifest(attrs, label)
         for name in (layout.SIGNALS, layout.MASK):
             if name not in manifest:
-                raise _corrupt(path, f"its manifest lists no '{name}' array", name)
-        check_arrays(path, manifest)
-        store = CheckedLocalStore(path, read_only=True, arrays=manifest)
-    else:
-        store = LocalStore(path, read_only=True)
+                raise _corrupt(label, f"its manifest lists no '{name}' array", name)
+        check_arrays(tree, manifest)
+        arrays = manifest
+    # format 1 (no manifest): no array is checked, the store reads as plain Zarr
+    store = backend.read_store(location, arrays)
+    network = contextlib.nullcontext() if location.is_local else storage_errors(location.url)
     try:
-        dataset = xr.open_zarr(
-            store,
-            zarr_format=3,
-            consolidated=False,
-            chunks={},
-            mask_and_scale=False,
-            decode_times=False,
-            decode_timedelta=False,
-        )
-        _check_dataset(path, dataset, attrs)
-        return Results(dataset, path)
+        with network:
+            dataset = xr.open_zarr(
+                store,
+                zarr_format=3,
+                consolidated=False,
+                chunks={},
+                mask_and_scale=False,
+                decode_times=False,
+                decode_timedelta=False,
+            )
+        _check_dataset(label, dataset, attrs)
+        return Results(dataset, location)
     except (DaskmaskError, OSError):
         raise
     except Exception as error:
         # zarr and xarray raise ValueError, KeyError, TypeError... on bad metadata
         raise _corrupt(
-            path, f"its Zarr metadata cannot be read ({type(error).__name__}: {error})"
+            label, f"its Zarr metadata cannot be read ({type(error).__name__}: {error})"
         ) from error

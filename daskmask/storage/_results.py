@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from daskmask._fs import Location, locate
 from daskmask.storage import _layout as layout
 
 
@@ -20,15 +21,17 @@ class Results:
     ----------
     dataset : xarray.Dataset
         The store opened lazily (dask-backed variables).
-    path : pathlib.Path
-        Where the store is.
+    path : pathlib.Path, str or Location
+        Where the store is: a local directory or an object-store URL.
 
     Attributes
     ----------
     dataset : xarray.Dataset
         The underlying lazy Dataset.
-    path : pathlib.Path
-        The store directory.
+    path : pathlib.Path or str
+        The store directory, or the URL of a store in an object store.
+    url : str
+        The store's absolute path or URL.
     signals : xarray.DataArray
         Lazy signals, (time, voxel) or (voxel,), chunked as written, with the
         coordinates and JSON attributes they were saved with.
@@ -53,9 +56,11 @@ class Results:
 
     """
 
-    def __init__(self, dataset: xr.Dataset, path: Path) -> None:
+    def __init__(self, dataset: xr.Dataset, path: Path | str | Location) -> None:
         self.dataset = dataset
-        self.path = Path(path)
+        location = locate(path)
+        self.url = location.url
+        self.path: Path | str = Path(location.path) if location.is_local else location.url
         attrs = dataset.attrs
         self.affine = np.asarray(attrs["affine"], dtype=np.float64)
         self.mask_shape = tuple(int(n) for n in attrs["mask_shape"])

@@ -1,35 +1,30 @@
-"""Write a results store atomically: hidden partial directory, marker last, rename."""
+"""Write a results store: every chunk checksummed, the manifest and marker last.
+
+Where the store is written and how it is put in place is the backend's
+(:mod:`daskmask.storage._backends`): a local work folder renamed into place,
+or an object-store prefix made complete by its root written last.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import dask
 import xarray as xr
-import zarr
 from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec
 
+from daskmask._fs import locate, storage_errors
 from daskmask._version import __version__
 from daskmask.storage import _layout as layout
 from daskmask.storage._assemble import assemble
-from daskmask.storage._commit import (
-    STORE,
-    discard,
-    move_new,
-    new_work_folder,
-    remove_dead_work_folders,
-    replace,
-)
-from daskmask.storage._errors import StoreExistsError
-from daskmask.storage._guarded import GuardedLocalStore
-from daskmask.storage._integrity import build_manifest, checksum_codec
+from daskmask.storage._backends import backend_for
+from daskmask.storage._integrity import checksum_codec
 
 
 def default_compressors() -> tuple[BytesBytesCodec, ...]:
@@ -89,62 +84,16 @@ def _encoding(dataset: xr.Dataset, compressors: tuple[BytesBytesCodec, ...]) -> 
     return encoding
 
 
-def _is_replaceable(path: Path) -> bool:
-    """Tell whether ``overwrite=True`` may delete ``path``: a Zarr store or an empty directory."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    return (path / "zarr.json").is_file() or not any(path.iterdir())
-
-
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Raise StoreExistsError unless ``path`` is free, or replaceable with ``overwrite``."""
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise StoreExistsError(
-            f"{path} already exists; pass overwrite=True to replace the results store."
-        )
-    if not _is_replaceable(path):
-        raise StoreExistsError(
-            f"{path} exists and is not a Zarr store; overwrite=True only replaces stores."
-        )
-
-
-def _mark_complete(partial: Path) -> None:
-    """Record the manifest and set the completion marker, the last write of a store.
-
-    The manifest is read back from the arrays' metadata, after checking that
-    every chunk of every array has its file.
-    """
-    attrs = json.loads((partial / "zarr.json").read_bytes())["attributes"]
-    manifest = build_manifest(partial, attrs)
-    group = zarr.open_group(GuardedLocalStore(partial), mode="r+", zarr_format=3)
-    group.attrs.update({layout.MANIFEST: manifest, layout.COMPLETE: True})
-
-
-def _commit(work: Path, path: Path, overwrite: bool) -> None:
-    """Move the completed store into place, replacing an old one only with ``overwrite``."""
-    _check_target(path, overwrite)
-    if os.path.lexists(path):
-        replace(work, path)
-        return
-    try:
-        move_new(work / STORE, path)
-    except FileExistsError:
-        # a store appeared at path meanwhile: never replace it silently
-        _check_target(path, overwrite)
-        replace(work, path)
-
-
 def save(
     X: xr.DataArray,
     path: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
     *,
     overwrite: bool = False,
     compressor: Any = "default",
     mask_img: Any = None,
     mean_img: Any = None,
-) -> Path:
+) -> Path | str:
     """Write signals with their mask, mean image and metadata to one Zarr store.
 
     Parameters
@@ -156,11 +105,19 @@ def save(
         ``masker_params``, ``provenance`` and the lazy ``mean_image``, as
         :meth:`daskmask.NiftiMasker.transform` returns them.
     path : str or os.PathLike
-        Directory of the store (conventionally ending in ``.zarr``).
+        Local directory of the store (conventionally ending in ``.zarr``), or
+        the URL of an object-store prefix (``s3://bucket/sub-01.zarr``,
+        ``gs://...``, any fsspec URL).
+    storage_options : mapping, optional
+        File-system options for a URL (credentials, ``endpoint_url``, ...),
+        merged over the dask config ``daskmask.storage-options``; by default
+        the file system's usual environment (for S3: ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``).
     overwrite : bool, default=False
-        Replace an existing store at ``path``. The old store is removed only
-        once the new one is complete. Only Zarr stores (or empty
-        directories) are ever replaced.
+        Replace an existing store at ``path``. Only Zarr stores (or empty
+        directories) are ever replaced. Locally the old store is removed only
+        once the new one is complete; in an object store it is invalidated
+        first (see Notes).
     compressor : "default", None, or zarr codec(s)
         ``"default"``: Blosc lz4 level 5 with byte shuffle; None:
         uncompressed; or one or more zarr v3 bytes-to-bytes codecs.
@@ -172,8 +129,8 @@ def save(
 
     Returns
     -------
-    pathlib.Path
-        The absolute path of the store.
+    pathlib.Path or str
+        The absolute path of a local store, or the URL of an object-store one.
 
     Raises
     ------
@@ -181,24 +138,42 @@ def save(
         ``path`` exists and ``overwrite`` is false (or ``path`` is not a store).
     SignalsLayoutError
         ``X`` does not follow the signals contract, or disagrees with the images.
+    daskmask.exceptions.StorageError
+        An object store cannot be written: a missing bucket
+        (:class:`~daskmask.exceptions.ObjectNotFoundError`), missing or wrong
+        credentials (:class:`~daskmask.exceptions.StorageAccessError`), an
+        endpoint that does not answer
+        (:class:`~daskmask.exceptions.StorageUnreachableError`).
 
     Notes
     -----
     The signals and the mean image are computed in one dask computation on
     the current scheduler (a distributed ``Client`` if one is active), so the
-    input is read once. The store is written into a hidden work folder
-    ``.<name>.partial-<token>`` beside ``path``, leased by this process; every
-    chunk carries a CRC-32C, the root attribute ``manifest`` (the chunks of
-    every array) and ``complete`` are set last, and the store is then renamed
-    to ``path``, or swapped with the old store in one atomic step. If anything
-    fails, the work folder is deleted and nothing appears at ``path``; if the
-    process is killed, the next save into the same folder deletes what it
-    left (only once its lease shows that the process is gone). See
-    :mod:`daskmask.storage._commit`.
+    input is read once; each task writes its chunks itself (on a cluster,
+    workers write straight to the object store, no data goes through the
+    client). Every chunk carries a CRC-32C, and the root attributes
+    ``manifest`` (the chunks of every array) and ``complete`` are written
+    last.
+
+    A local store is written into a hidden work folder
+    ``.<name>.partial-<token>`` beside ``path``, leased by this process, and
+    then renamed to ``path``, or swapped with the old store in one atomic
+    step. If anything fails, the work folder is deleted and nothing appears at
+    ``path``; if the process is killed, the next save into the same folder
+    deletes what it left (only once its lease shows that the process is
+    gone). See :mod:`daskmask.storage._commit`.
+
+    An object store has no rename: the store is written at ``path`` itself,
+    its root first written as ``complete: false`` (which, on an overwrite,
+    invalidates the old store before its objects are deleted) and rewritten
+    with the manifest and ``complete: true`` as the last object. Until then
+    :func:`open_results` refuses it as incomplete. See
+    :mod:`daskmask.storage._backends`.
 
     """
-    path = Path(os.path.abspath(os.fspath(path)))
-    _check_target(path, overwrite)
+    location = locate(path, storage_options)
+    backend = backend_for(location)
+    backend.check_target(location, overwrite)
     compressors = _compressors(compressor)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     dataset = assemble(
@@ -206,25 +181,24 @@ def save(
     )
     encoding = _encoding(dataset, compressors)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_work_folders(path.parent)
-    work, lease = new_work_folder(path, secrets.token_hex(4))
-    partial = work / STORE
+    target = backend.begin(location, overwrite)
     try:
-        pending = dataset.to_zarr(
-            GuardedLocalStore(partial),
-            mode="w-",
-            compute=False,
-            zarr_format=3,
-            consolidated=False,
-            encoding=encoding,
-            # every chunk on disk, even one of fill values only: a missing chunk is damage
-            write_empty_chunks=True,
-        )
-        dask.compute(pending)
-        _mark_complete(partial)
-        _commit(work, path, overwrite)
-    finally:
-        # after a commit it holds nothing or the replaced store; after a failure, the partial one
-        discard(work, lease)
-    return path
+        # errors of a storage library, raised in the client or a worker, become typed
+        network = contextlib.nullcontext() if location.is_local else storage_errors(location.url)
+        with network:
+            pending = dataset.to_zarr(
+                target.store,
+                mode=target.mode,
+                compute=False,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+                # every chunk written, even one of fill values only: a missing chunk is damage
+                write_empty_chunks=True,
+            )
+            dask.compute(pending)
+        backend.commit(target, overwrite)
+    except BaseException as error:
+        backend.abort(target, error)
+        raise
+    return Path(location.path) if location.is_local else location.url

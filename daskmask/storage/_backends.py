@@ -1,0 +1,333 @@
+"""Storage backends: how a results store is written, made complete, replaced and read.
+
+:func:`daskmask.storage.save` and :func:`daskmask.storage.open_results` know
+only the small interface :class:`StoreBackend`; each place a store can live is
+one class here, picked by :func:`backend_for` from the store's
+:class:`~daskmask._fs.Location`. Adding a backend is adding one class to
+:data:`BACKENDS`.
+
+Two backends exist:
+
+:class:`LocalBackend` (a local path)
+    The store is written into a leased hidden work folder beside its final
+    name, the manifest and the ``complete`` marker are written last, and the
+    store is renamed into place; an overwrite swaps the old and new stores in
+    one atomic ``renameat2(RENAME_EXCHANGE)`` (see
+    :mod:`daskmask.storage._commit`). The path holds the old complete store
+    or the new one, never a mix.
+
+:class:`ObjectStoreBackend` (any other fsspec URL: ``s3://``, ``gs://``, ``az://``, ``memory://``)
+    Object stores have no rename, so the store is written at its final
+    prefix and is complete only once its root ``zarr.json``, rewritten as the
+    very last object, says ``complete: true`` and holds the manifest. The
+    first object written is a placeholder root saying ``complete: false``:
+    from then on, until the last write, ``open_results`` refuses the prefix
+    with :class:`IncompleteStoreError`. An overwrite first invalidates the old
+    store (that placeholder replaces its root in one PUT), then deletes its
+    other objects, then writes the new store, marker last. An interrupted
+    write or overwrite therefore leaves the old complete store (if it was
+    interrupted before the invalidation) or a store refused as incomplete,
+    never objects of two stores that open as one. Each object is written by
+    one PUT (or one multipart upload, which S3 makes visible only when it
+    completes), so no object is ever seen half written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from daskmask._fs import Location, storage_errors
+from daskmask._version import __version__
+from daskmask.exceptions import StorageAccessError, StorageUnreachableError
+from daskmask.storage import _commit
+from daskmask.storage import _layout as layout
+from daskmask.storage._errors import StoreExistsError
+from daskmask.storage._guarded import GuardedLocalStore
+from daskmask.storage._integrity import (
+    CheckedFsspecStore,
+    CheckedLocalStore,
+    build_manifest,
+)
+from daskmask.storage._tree import LocalTree, ObjectTree, StoreTree
+
+logger = logging.getLogger(__name__)
+
+#: The root metadata document of a store.
+ROOT = "zarr.json"
+#: Keys an object-store prefix may hold to be replaced by ``overwrite=True`` even
+#: without a root: the arrays of a store whose write was cut short.
+_STORE_KEY = re.compile(r"^[^/]+/(zarr\.json|c(/[0-9]+)*)$")
+
+
+@dataclass
+class WriteTarget:
+    """A store being written: where, through which Zarr store, and the backend's state.
+
+    Attributes
+    ----------
+    location : Location
+        Where the store will be once complete.
+    store : zarr.abc.store.Store
+        The Zarr store the arrays are written into.
+    mode : str
+        The ``to_zarr`` mode to write with.
+    state : dict
+        What the backend needs to commit or abort (work folder, lease, ...).
+
+    """
+
+    location: Location
+    store: Any
+    mode: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def mark_complete(store: Any, tree: StoreTree) -> None:
+    """Record the manifest and set the completion marker: the last write of a store.
+
+    The manifest is read back from the arrays' metadata, after checking that
+    every chunk of every array is there (``tree`` lists what was written).
+    """
+    attrs = json.loads(tree.read(ROOT))["attributes"]
+    manifest = build_manifest(tree, attrs)
+    group = zarr.open_group(store, mode="r+", zarr_format=3)
+    group.attrs.update({layout.MANIFEST: manifest, layout.COMPLETE: True})
+
+
+class StoreBackend(ABC):
+    """Where a results store lives, and how it is written and read there."""
+
+    @classmethod
+    @abstractmethod
+    def handles(cls, location: Location) -> bool:
+        """Whether this backend writes and reads stores at ``location``."""
+
+    @abstractmethod
+    def check_target(self, location: Location, overwrite: bool) -> None:
+        """Raise StoreExistsError unless ``location`` is free (or replaceable, with overwrite)."""
+
+    @abstractmethod
+    def begin(self, location: Location, overwrite: bool) -> WriteTarget:
+        """Prepare the write of a new store to ``location``; return where to write it."""
+
+    @abstractmethod
+    def commit(self, target: WriteTarget, overwrite: bool) -> None:
+        """Make the written store complete and put it in place (the marker last)."""
+
+    @abstractmethod
+    def abort(self, target: WriteTarget, error: BaseException) -> None:
+        """Remove what a failed write left, so that nothing opens as complete."""
+
+    @abstractmethod
+    def tree(self, location: Location) -> StoreTree:
+        """Return the key view of the store at ``location`` (for checks and opening)."""
+
+    @abstractmethod
+    def read_store(self, location: Location, arrays: Any) -> Any:
+        """Return a read-only Zarr store refusing missing or corrupt chunks of ``arrays``."""
+
+    def recover(self, location: Location) -> bool:
+        """Bring back a store left half moved by a killed save; whether one is there now."""
+        return False
+
+
+class LocalBackend(StoreBackend):
+    """A store in a local folder: work folder beside it, rename (or exchange) into place."""
+
+    @classmethod
+    def handles(cls, location: Location) -> bool:  # noqa: D102
+        return location.is_local
+
+    @staticmethod
+    def _is_replaceable(path: Path) -> bool:
+        """Tell whether ``overwrite=True`` may delete ``path``: a Zarr store or an empty folder."""
+        if path.is_symlink() or not path.is_dir():
+            return False
+        return (path / ROOT).is_file() or not any(path.iterdir())
+
+    def check_target(self, location: Location, overwrite: bool) -> None:  # noqa: D102
+        path = Path(location.path)
+        if not os.path.lexists(path):
+            return
+        if not overwrite:
+            raise StoreExistsError(
+                f"{path} already exists; pass overwrite=True to replace the results store."
+            )
+        if not self._is_replaceable(path):
+            raise StoreExistsError(
+                f"{path} exists and is not a Zarr store; overwrite=True only replaces stores."
+            )
+
+    def begin(self, location: Location, overwrite: bool) -> WriteTarget:  # noqa: D102
+        path = Path(location.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _commit.remove_dead_work_folders(path.parent)
+        work, lease = _commit.new_work_folder(path, secrets.token_hex(4))
+        store = GuardedLocalStore(work / _commit.STORE)
+        return WriteTarget(location, store, "w-", {"work": work, "lease": lease})
+
+    def commit(self, target: WriteTarget, overwrite: bool) -> None:  # noqa: D102
+        work: Path = target.state["work"]
+        partial = work / _commit.STORE
+        path = Path(target.location.path)
+        mark_complete(target.store, LocalTree(partial))
+        self.check_target(target.location, overwrite)
+        if os.path.lexists(path):
+            _commit.replace(work, path)
+        else:
+            try:
+                _commit.move_new(partial, path)
+            except FileExistsError:
+                # a store appeared at path meanwhile: never replace it silently
+                self.check_target(target.location, overwrite)
+                _commit.replace(work, path)
+        # the work folder now holds nothing, or the replaced store
+        _commit.discard(work, target.state["lease"])
+
+    def abort(self, target: WriteTarget, error: BaseException) -> None:  # noqa: D102
+        _commit.discard(target.state["work"], target.state["lease"])
+
+    def tree(self, location: Location) -> StoreTree:  # noqa: D102
+        return LocalTree(location.path)
+
+    def read_store(self, location: Location, arrays: Any) -> Any:  # noqa: D102
+        return CheckedLocalStore(location.path, read_only=True, arrays=arrays)
+
+    def recover(self, location: Location) -> bool:  # noqa: D102
+        return _commit.recover_missing(Path(location.path))
+
+
+class ObjectStoreBackend(StoreBackend):
+    """A store under an object-store prefix: written in place, complete by its root written last.
+
+    See the module's documentation for the order of the writes.
+    """
+
+    @classmethod
+    def handles(cls, location: Location) -> bool:  # noqa: D102
+        return not location.is_local
+
+    @staticmethod
+    def _base(location: Location) -> str:
+        return location.path.rstrip("/")
+
+    def check_target(self, location: Location, overwrite: bool) -> None:  # noqa: D102
+        keys = ObjectTree(location).keys()
+        if not keys:
+            with storage_errors(location.url):
+                is_object = bool(location.fs.isfile(self._base(location)))
+            if not is_object:
+                return
+            raise StoreExistsError(
+                f"{location.url} is an object, not a results store; overwrite=True only "
+                "replaces stores. Choose another URL."
+            )
+        if not overwrite:
+            raise StoreExistsError(
+                f"{location.url} already exists; pass overwrite=True to replace the results store."
+            )
+        if ROOT not in keys and not all(_STORE_KEY.match(key) for key in keys):
+            raise StoreExistsError(
+                f"{location.url} holds objects that are not a Zarr store; overwrite=True only "
+                "replaces stores. Choose another URL."
+            )
+
+    def _placeholder(self) -> bytes:
+        """Return the root of a store being written: a group that says ``complete: false``."""
+        document = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {
+                "daskmask_version": __version__,
+                "format_version": layout.FORMAT_VERSION,
+                layout.COMPLETE: False,
+            },
+        }
+        return json.dumps(document, indent=2).encode()
+
+    def _remove(self, location: Location, keep_root: bool) -> None:
+        """Delete the store's objects; the root last, or not at all with ``keep_root``."""
+        base = self._base(location)
+        keys = sorted(ObjectTree(location).keys() - {ROOT})
+        with storage_errors(location.url):
+            if keys:
+                location.fs.rm([f"{base}/{key}" for key in keys])
+            if not keep_root:
+                with contextlib.suppress(FileNotFoundError):
+                    location.fs.rm_file(f"{base}/{ROOT}")
+
+    def begin(self, location: Location, overwrite: bool) -> WriteTarget:  # noqa: D102
+        from zarr.storage import FsspecStore
+
+        self.check_target(location, overwrite)
+        replaced = bool(ObjectTree(location).keys())
+        base = self._base(location)
+        with storage_errors(location.url):
+            # first the root that says incomplete: it invalidates an old store in one PUT
+            location.fs.pipe_file(f"{base}/{ROOT}", self._placeholder())
+        if replaced:
+            self._remove(location, keep_root=True)
+        with storage_errors(location.url):
+            store = FsspecStore.from_url(location.url, storage_options=location.storage_options)
+        return WriteTarget(location, store, "a", {"replaced": replaced})
+
+    def commit(self, target: WriteTarget, overwrite: bool) -> None:  # noqa: D102
+        with storage_errors(target.location.url):
+            mark_complete(target.store, ObjectTree(target.location))
+
+    def abort(self, target: WriteTarget, error: BaseException) -> None:  # noqa: D102
+        if isinstance(error, StorageUnreachableError | StorageAccessError):
+            return  # nothing can be removed; the root written first says incomplete
+        try:
+            # an overwrite keeps its root saying incomplete: the old store is gone, say so
+            self._remove(target.location, keep_root=target.state["replaced"])
+        except Exception as cleanup:  # the write's error matters more than the cleanup's
+            logger.warning("Could not remove the partial store %s: %s", target.location, cleanup)
+
+    def tree(self, location: Location) -> StoreTree:  # noqa: D102
+        return ObjectTree(location)
+
+    def read_store(self, location: Location, arrays: Any) -> Any:  # noqa: D102
+        from zarr.storage import FsspecStore
+
+        with storage_errors(location.url):
+            plain = FsspecStore.from_url(
+                location.url, storage_options=location.storage_options, read_only=True
+            )
+        return CheckedFsspecStore(
+            plain.fs, plain.path, label=location.url, read_only=True, arrays=arrays
+        )
+
+
+#: The backends, asked in order; the first that handles a location is used.
+BACKENDS: list[StoreBackend] = [LocalBackend(), ObjectStoreBackend()]
+
+
+def backend_for(location: Location) -> StoreBackend:
+    """Return the backend for the store at ``location``."""
+    for backend in BACKENDS:
+        if backend.handles(location):
+            return backend
+    raise ValueError(f"No storage backend for {location.url}.")  # pragma: no cover
+
+
+__all__ = [
+    "BACKENDS",
+    "LocalBackend",
+    "ObjectStoreBackend",
+    "StoreBackend",
+    "WriteTarget",
+    "backend_for",
+    "mark_complete",
+]
