@@ -409,6 +409,14 @@ class _ProxyCache:
         gzip_reader = GzipSlabReader(spec) if spec.gzip else None
         readers = _Readers(proxy, gzip_reader)
         with self._lock:
+            # Readers of an older version of this path can no longer pass the
+            # check above: drop them, and the descriptor they hold open.
+            for stale in [
+                other
+                for other in self._proxies
+                if other[0].path == spec.path and other[1:] != key[1:]
+            ]:
+                del self._proxies[stale]
             # Two threads may have made readers at once: keep the first.
             readers = self._proxies.setdefault(key, readers)
             while len(self._proxies) > self._max_size:
