@@ -212,8 +212,13 @@ class Location:
                 f"Cannot read {self.url}: {self.protocol}:// is not a known protocol ({error})."
             ) from error
 
-    def stat(self) -> FileStat:
-        """Size, version and kind; a typed error if missing or unreachable."""
+    def stat(self, refresh: bool = False) -> FileStat:
+        """Size, version and kind; a typed error if missing or unreachable.
+
+        ``refresh=True`` asks the object store again (one HEAD request) instead
+        of answering from fsspec's listings cache, so that a replaced object
+        is seen as such.
+        """
         if self.is_local:
             try:
                 info = os.stat(self.path)
@@ -225,7 +230,10 @@ class Location:
                 is_file=_stat.S_ISREG(info.st_mode),
             )
         with storage_errors(self.url):
-            info = self.fs.info(self.path)
+            fs = self.fs
+            if refresh:
+                fs.invalidate_cache(self.path)
+            info = fs.info(self.path)
         return FileStat(
             size=int(info.get("size") or 0),
             version=object_version(info),

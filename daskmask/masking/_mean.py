@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
 from daskmask.image._grid import check_resampling_inputs, needs_resampling, plan_target_grid
 from daskmask.image._smoothing import smooth_array
 from daskmask.image.resampling import new_img_like, resample_volume
@@ -107,45 +108,10 @@ def reference_image(img: Any) -> nib.spatialimages.SpatialImage | None:
     return None
 
 
-def _mean_dtype(dtype: np.dtype) -> np.dtype:
-    """Dtype of ``numpy.mean`` over an array of ``dtype`` (what nilearn returns)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "biu":
-        return np.dtype(np.float64)
-    return dtype.newbyteorder("=")
-
-
-def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """Dtype ``numpy.mean`` sums in: float64 for integers, float32 for float16."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "biu":
-        return np.dtype(np.float64)
-    if dtype == np.float16:
-        return np.dtype(np.float32)
-    return dtype.newbyteorder("=")
-
-
-def _fold_volumes(
-    running_sum: np.ndarray | None, block: np.ndarray, accumulator: np.dtype
-) -> np.ndarray:
-    """Add the volumes of a time block, in order, to a running sum."""
-    block = np.asarray(block)
-    if block.dtype.kind in "biu" and block.dtype.itemsize <= 4 and block.shape[-1]:
-        # Integers of up to 32 bits: an int64 sum of the block is exact, and so
-        # is its addition to the float64 running sum while totals stay below
-        # 2**53 (2**31 per value: over 4 million volumes). Same bits as adding
-        # volume after volume in float64, four times faster.
-        block_sum = block.sum(axis=-1, dtype=np.int64)
-        if running_sum is None:
-            return block_sum.astype(accumulator)
-        return np.add(running_sum, block_sum, out=running_sum, casting="unsafe")
-    first = 0
-    if running_sum is None:
-        running_sum = block[..., 0].astype(accumulator)
-        first = 1
-    for t in range(first, block.shape[-1]):
-        np.add(running_sum, block[..., t], out=running_sum, casting="unsafe")
-    return running_sum
+# The kernels live below the reading and masking layers, which both use them.
+_mean_dtype = mean_dtype
+_accumulator_dtype = accumulator_dtype
+_fold_volumes = fold_volumes
 
 
 def _ordered_time_sum(array: da.Array, accumulator: np.dtype) -> da.Array:

@@ -10,7 +10,15 @@ its seek index, so successive time chunks read in one process cost a single
 decompression pass.
 
 Every read checks, with one ``stat``, that the file is still the version that
-was opened (:func:`~daskmask.reading._integrity.check_unchanged`). The time
+was opened (:func:`~daskmask.reading._integrity.check_unchanged`).
+
+An object in a store (``s3://``, ``gs://``, ...; the spec's ``location``) is
+read with one ranged request per time slab, in the process that needs the
+slab: the slab's contiguous bytes, then nibabel's scaling. Before each read one
+HEAD request (``info``, bypassing fsspec's cache) checks that the object still
+has the size and ETag/version id recorded at open. A remote ``.nii.gz`` is
+decoded lazily through a seekable decoder over the fsspec file (large blocks,
+read-ahead): each process that reads it decodes it once. The time
 slabs of a ``.nii.gz`` are read as raw bytes whose CRC32 is folded as they
 stream by; once the slabs read in a process cover the whole data, the
 combined CRC32 is compared with the gzip trailer (see
@@ -37,9 +45,12 @@ from nibabel.volumeutils import apply_read_scaling
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from daskmask.exceptions import InputChangedError, NiftiReadError
+from daskmask._fs import Location, storage_errors
+from daskmask.exceptions import InputChangedError, NiftiReadError, StorageError
 from daskmask.reading._integrity import (
     Identity,
+    ObjectVersion,
+    check_object_unchanged,
     check_unchanged,
     crc32,
     crc32_combine,
@@ -96,6 +107,28 @@ class ProxySpec(NamedTuple):
     identity: Identity | None = None
     #: Whether the file is a ``.gz`` (time slabs read by :class:`GzipSlabReader`).
     gzip: bool = False
+    #: Where an object in a store lives (URL and file-system options); None
+    #: for a local file (read through nibabel and ``pread``).
+    location: Location | None = None
+    #: ``(size, version)`` of the object when it was opened (version: ETag or
+    #: version id); every read of an object checks it. None for local files.
+    version: ObjectVersion | None = None
+
+
+#: Block size of the fsspec file a remote ``.nii.gz`` is decoded from: few,
+#: large sequential requests (read ahead), not one per decoder call.
+REMOTE_GZIP_BLOCK_BYTES = 32 << 20
+
+
+def open_remote_stream(location: Location) -> IO[bytes]:
+    """Open an object for a sequential read: large blocks, read-ahead cache."""
+    return location.open("rb", block_size=REMOTE_GZIP_BLOCK_BYTES, cache_type="readahead")
+
+
+def current_version(location: Location) -> ObjectVersion:
+    """Return the ``(size, version)`` of an object now (one fresh HEAD request)."""
+    stat = location.stat(refresh=True)
+    return stat.size, stat.version
 
 
 def spec_from_proxy(
@@ -274,11 +307,19 @@ class GzipSlabReader:
     def __init__(self, spec: ProxySpec) -> None:
         self.path = spec.path
         self._data_start, self._data_end = data_bytes(spec)
-        self._raw = open(spec.path, "rb")  # noqa: SIM115 - lives as long as the reader
-        stat = os.fstat(self._raw.fileno())
-        check_unchanged(spec.path, spec.identity, stat)
-        self._identity = file_identity(stat)
-        self._compressed_size = stat.st_size
+        self._location = spec.location
+        self._identity: Any
+        if spec.location is None:
+            self._raw = open(spec.path, "rb")  # noqa: SIM115 - lives as long as the reader
+            stat = os.fstat(self._raw.fileno())
+            check_unchanged(spec.path, spec.identity, stat)
+            self._identity = file_identity(stat)
+            self._compressed_size = stat.st_size
+        else:
+            # The caller checked the version just before (one HEAD request).
+            self._raw = open_remote_stream(spec.location)
+            self._identity = spec.version
+            self._compressed_size = spec.version[0] if spec.version else self._raw.size
         self._stream = _open_seekable_gzip(self._raw)
         self._lock = threading.Lock()
         self._pieces: dict[int, tuple[int, int]] = {}
@@ -336,7 +377,7 @@ class GzipSlabReader:
             total = crc32(header)
             for crc, length in chain:
                 total = crc32_combine(total, crc, length)
-            trailer = os.pread(self._raw.fileno(), 8, self._compressed_size - 8)
+            trailer = self._trailer()
             expected_crc = int.from_bytes(trailer[:4], "little")
             expected_size = int.from_bytes(trailer[4:], "little")
             if total == expected_crc and self._data_end % (1 << 32) == expected_size:
@@ -344,7 +385,11 @@ class GzipSlabReader:
                 return
             # Several gzip members, bytes after the voxel data, or corruption:
             # decode the whole stream once and let the decoder's checks decide.
-            verify_gzip_stream(self.path, self._identity)
+            if self._location is None:
+                verify_gzip_stream(self.path, self._identity)
+            else:
+                with open_remote_stream(self._location) as raw:
+                    verify_gzip_stream(self.path, raw=raw)
         except _READ_ERRORS as error:
             message = (
                 f"'{self.path}' is corrupt (CRC mismatch): the CRC32 of its decoded data "
@@ -355,15 +400,26 @@ class GzipSlabReader:
             raise NiftiReadError(message) from None
         self.verified = True
 
+    def _trailer(self) -> bytes:
+        """Return the last 8 bytes of the compressed file (CRC32 and size of its last member)."""
+        if self._location is None:
+            return os.pread(self._raw.fileno(), 8, self._compressed_size - 8)
+        return self._location.read_range(self._compressed_size - 8, 8)
 
-#: Messages of the file versions found corrupt in this process, by (path, identity).
-_CORRUPT: dict[tuple[str, Identity], str] = {}
+
+#: Messages of the file versions found corrupt in this process, by (path,
+#: identity) for files and (URL, (size, version)) for objects.
+_CORRUPT: dict[tuple[str, Any], str] = {}
 
 
 class _Readers(NamedTuple):
-    """What one process reads one file version with."""
+    """What one process reads one file version with.
 
-    proxy: ArrayProxy
+    ``proxy`` is None for an object in a store (read by ranges, or by
+    ``gzip``).
+    """
+
+    proxy: ArrayProxy | None
     gzip: GzipSlabReader | None
 
 
@@ -384,6 +440,8 @@ class _ProxyCache:
         self._pid = os.getpid()
 
     def get(self, spec: ProxySpec) -> _Readers:
+        if spec.location is not None:
+            return self._get_remote(spec)
         stat = os.stat(spec.path)
         check_unchanged(spec.path, spec.identity, stat)
         corrupt = _CORRUPT.get((spec.path, file_identity(stat)))
@@ -418,6 +476,32 @@ class _ProxyCache:
             ]:
                 del self._proxies[stale]
             # Two threads may have made readers at once: keep the first.
+            readers = self._proxies.setdefault(key, readers)
+            while len(self._proxies) > self._max_size:
+                self._proxies.popitem(last=False)
+        return readers
+
+    def _get_remote(self, spec: ProxySpec) -> _Readers:
+        """Readers of an object, after one HEAD request checking its version."""
+        assert spec.location is not None
+        current = current_version(spec.location)
+        check_object_unchanged(spec.path, spec.version, current)
+        corrupt = _CORRUPT.get((spec.path, current))
+        if corrupt is not None:
+            raise NiftiReadError(corrupt)
+        if not spec.gzip:
+            return _Readers(None, None)  # ranged reads need no per-process state
+        key = (spec, *current)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._proxies.clear()
+                self._pid = os.getpid()
+            readers = self._proxies.get(key)
+            if readers is not None:
+                self._proxies.move_to_end(key)
+                return readers
+        readers = _Readers(None, GzipSlabReader(spec))
+        with self._lock:
             readers = self._proxies.setdefault(key, readers)
             while len(self._proxies) > self._max_size:
                 self._proxies.popitem(last=False)
@@ -515,11 +599,13 @@ class NiftiArrayWrapper(BackendArray):
         try:
             readers = _PROXIES.get(self.spec)
             span = _slab_span(key, self.shape)
-            if readers.gzip is not None and span is not None:
+            if readers.proxy is None:
+                data = self._read_remote(readers.gzip, key)
+            elif readers.gzip is not None and span is not None:
                 data = self._read_slab(readers.gzip, *span)
             else:
                 data = readers.proxy[key]
-        except (NiftiReadError, InputChangedError):
+        except (NiftiReadError, InputChangedError, StorageError):
             raise
         except FileNotFoundError as error:
             raise NiftiReadError(
@@ -564,6 +650,46 @@ class NiftiArrayWrapper(BackendArray):
         if squeeze:
             values = values[..., 0]
         return scale(values, self.spec, self.dtype)
+
+    def _read_remote(self, reader: GzipSlabReader | None, key: Key) -> np.ndarray:
+        """Read an object: the whole leading dimensions over the key's last-axis range.
+
+        One ranged request (or one decoded range of a ``.nii.gz``) fetches the
+        contiguous bytes of those slabs; the rest of the key is applied in
+        memory, then nibabel's scaling.
+        """
+        assert self.spec.location is not None
+        on_disk = np.dtype(self.spec.on_disk_dtype)
+        leading = self.shape[:-1]
+        stride = math.prod(leading) * on_disk.itemsize
+        first, stop, local = _covering_span(key, self.shape)
+        start, nbytes = self.spec.offset + first * stride, (stop - first) * stride
+        if reader is not None:
+            raw = reader.read(start, nbytes)
+        else:
+            with storage_errors(self.spec.path):
+                fetched = self.spec.location.read_range(start, nbytes)
+            if len(fetched) != nbytes:
+                raise EOFError(f"the object ends {len(fetched)} bytes into a read of {nbytes}")
+            raw = np.frombuffer(fetched, np.uint8)
+        values = raw.view(on_disk).reshape((*leading, stop - first), order="F")
+        values = values[(*key[:-1], slice(None))][..., local]
+        scaled = scale(values, self.spec, self.dtype)
+        # Bytes from the network are read-only: hand out a writable array.
+        return scaled if scaled.flags.writeable else scaled.copy()
+
+
+def _covering_span(key: Key, shape: tuple[int, ...]) -> tuple[int, int, Any]:
+    """``(first, stop, local)``: the last-axis range a key touches, and its index in it."""
+    last, size = key[-1], shape[-1]
+    if isinstance(last, int):
+        index = range(size)[last]
+        return index, index + 1, 0
+    selected = range(size)[last]
+    first, stop = min(selected), max(selected) + 1
+    if last.indices(size)[2] == 1:
+        return first, stop, slice(None)
+    return first, stop, np.asarray(selected) - first
 
 
 def _slab_span(key: Key, shape: tuple[int, ...]) -> tuple[int, int, bool] | None:

@@ -43,10 +43,10 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
 from daskmask._rawio import read_exactly, write_exactly
 from daskmask.exceptions import NiftiReadError, ScratchSpaceError
 from daskmask.extraction._store import TemporaryStore
-from daskmask.masking._mean import _accumulator_dtype, _fold_volumes, _mean_dtype
 from daskmask.reading._array import (
     DIRECT_ALLOCATION_BYTES,
     ProxySpec,
@@ -366,7 +366,7 @@ def _decode(
         raise
     decoded_path = os.path.join(store.root, DECODED)
     stored_volume_bytes = int(np.prod(spatial)) * stored.itemsize
-    accumulator = _accumulator_dtype(run.dtype)
+    accumulator = accumulator_dtype(run.dtype)
     running: list[np.ndarray | None] = [None]
     volume_bytes = int(np.prod(spatial)) * on_disk.itemsize
     opener = _opener(decoder_name())
@@ -376,7 +376,7 @@ def _decode(
         # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time): one write.
         rows = np.ascontiguousarray(slab.T, dtype=stored)
         write_exactly(fd, memoryview(rows).cast("B"), start * stored_volume_bytes)
-        running[0] = _fold_volumes(running[0], slab, accumulator)
+        running[0] = fold_volumes(running[0], slab, accumulator)
 
     pending: Future[None] | None = None
     try:
@@ -441,7 +441,7 @@ def _decode(
         store.cleanup()
         raise
     # As numpy (and masking._mean): divide by an intp count, then cast.
-    mean = np.asarray((running[0] / np.intp(n_volumes)).astype(_mean_dtype(run.dtype)))
+    mean = np.asarray((running[0] / np.intp(n_volumes)).astype(mean_dtype(run.dtype)))
     return store, mean
 
 

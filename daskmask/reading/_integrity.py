@@ -34,10 +34,12 @@ except ImportError:  # pragma: no cover - isal is optional
 
 __all__ = [
     "MAX_DEFLATE_RATIO",
+    "check_object_unchanged",
     "check_unchanged",
     "crc32",
     "crc32_combine",
     "describe_change",
+    "describe_object_change",
     "file_identity",
     "gzip_decoder",
     "verify_gzip_stream",
@@ -134,6 +136,63 @@ def check_unchanged(path: str, recorded: Identity | None, stat: os.stat_result) 
         raise InputChangedError(describe_change(path, tuple(recorded), current))
 
 
+#: ``(size, version)`` of an object: its size and the ETag or version id
+#: (:attr:`daskmask._fs.FileStat.version`).
+ObjectVersion = tuple[int, str]
+
+
+def describe_object_change(url: str, recorded: ObjectVersion, current: ObjectVersion) -> str:
+    """Return the message of :class:`InputChangedError` for an object at ``url``.
+
+    Parameters
+    ----------
+    url : str
+        The object.
+    recorded, current : tuple of (int, str)
+        Size and version (ETag, version id) when it was opened, and now.
+
+    Returns
+    -------
+    str
+
+    """
+    changes = []
+    if recorded[1] != current[1]:
+        changes.append(f"it was replaced ({recorded[1]} -> {current[1]})")
+    if recorded[0] != current[0]:
+        changes.append(f"its size changed from {recorded[0]} to {current[0]} bytes")
+    return (
+        f"'{url}' changed after it was opened: {'; '.join(changes)}. The data read now "
+        "would not be the data this computation was planned from (its shape, mask, mean or "
+        "decoded copy). Open the file again with open_nifti (and fit the masker again if "
+        "it was fitted on the old version), then compute."
+    )
+
+
+def check_object_unchanged(
+    url: str, recorded: ObjectVersion | None, current: ObjectVersion
+) -> None:
+    """Raise :class:`InputChangedError` if an object is not the version ``recorded``.
+
+    Parameters
+    ----------
+    url : str
+        The object, for the message.
+    recorded : tuple of (int, str) or None
+        Size and version at open; None skips the check.
+    current : tuple of (int, str)
+        Size and version now (from a fresh HEAD request).
+
+    Raises
+    ------
+    InputChangedError
+        If size or version differ.
+
+    """
+    if recorded is not None and tuple(current) != tuple(recorded):
+        raise InputChangedError(describe_object_change(url, tuple(recorded), tuple(current)))
+
+
 def _multiply_mod_p(a: int, b: int) -> int:
     """Multiply two polynomials modulo the CRC-32 polynomial (zlib's ``multmodp``)."""
     m = 1 << 31
@@ -209,7 +268,12 @@ def gzip_decoder() -> tuple[str, Callable[..., IO[bytes]]]:
     raise AssertionError("unreachable: the standard gzip module is always there")
 
 
-def verify_gzip_stream(path: str, identity: Identity | None = None, block: int = 16 << 20) -> None:
+def verify_gzip_stream(
+    path: str,
+    identity: Identity | None = None,
+    block: int = 16 << 20,
+    raw: IO[bytes] | None = None,
+) -> None:
     """Decode a whole gzip file once, letting the decoder check every trailer.
 
     Only used when a cheaper check could not decide (the file holds several
@@ -223,6 +287,9 @@ def verify_gzip_stream(path: str, identity: Identity | None = None, block: int =
         The version expected (:func:`file_identity`); checked on the opened file.
     block : int, default=16 MiB
         Bytes decoded per call.
+    raw : binary file object, optional
+        The compressed stream, already opened (an object in a store, whose
+        version the caller checked); ``path`` then only names it.
 
     Raises
     ------
@@ -234,6 +301,11 @@ def verify_gzip_stream(path: str, identity: Identity | None = None, block: int =
     """
     buffer = bytearray(block)
     _, opener = gzip_decoder()
+    if raw is not None:
+        with opener(raw, "rb") as stream:
+            while stream.readinto(buffer):
+                pass
+        return
     with open(path, "rb") as raw:
         check_unchanged(path, identity, os.fstat(raw.fileno()))
         with opener(raw, "rb") as stream:

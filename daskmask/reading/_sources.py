@@ -7,13 +7,13 @@ the picklable arrays of :mod:`daskmask.reading._array`.
 from __future__ import annotations
 
 import errno
-import glob
 import gzip
 import math
 import os
 import stat
+import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,13 @@ from dask.base import tokenize
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.spatialimages import SpatialImage
 
-from daskmask.exceptions import DimensionError, NiftiFileNotFoundError, NiftiReadError
+from daskmask._fs import FileStat, Location, has_glob, is_url, locate
+from daskmask.exceptions import (
+    DimensionError,
+    NiftiFileNotFoundError,
+    NiftiReadError,
+    ObjectNotFoundError,
+)
 from daskmask.reading._array import (
     NiftiArrayWrapper,
     ProxySpec,
@@ -100,7 +106,11 @@ class OpenedImage:
         return image_stem(self.spec.path) if self.spec is not None else None
 
 
-def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
+def open_nifti(
+    source: NiftiLike,
+    chunks: ChunksLike = "auto",
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
     """Open NIfTI image(s) as a lazy, time-chunked :class:`xarray.DataArray`.
 
     Only headers are read; voxel data are read by dask tasks, one task per
@@ -110,8 +120,11 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
     ----------
     source : str, os.PathLike, nibabel image, xarray.DataArray or sequence
         A path to a ``.nii``/``.nii.gz`` (NIfTI-1 or NIfTI-2, or an
-        ``.hdr``/``.img`` pair), ``~`` expanded; a glob pattern (matches sorted
-        ascending, always treated as a list); a nibabel image (read lazily from
+        ``.hdr``/``.img`` pair), ``~`` expanded; a URL of a ``.nii`` or
+        ``.nii.gz`` object (any fsspec protocol: ``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``, ``memory://``; ``file://`` is a local path);
+        a glob pattern, local or on a URL (matches sorted ascending, always
+        treated as a list); a nibabel image (read lazily from
         its file when it has one, using the in-memory object's affine and
         header); a DataArray returned by ``open_nifti`` (returned unchanged,
         or rechunked along time when ``chunks`` is not ``"auto"``); or a list
@@ -120,6 +133,11 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
     chunks : "auto", int, str or dict, default="auto"
         Volumes per chunk along time; spatial dimensions are never split.
         See :func:`~daskmask.reading._chunks.plan_time_chunks`.
+    storage_options : dict, optional
+        Options of the URL's file system (credentials, ``endpoint_url``...),
+        merged over the dask config ``daskmask.storage-options`` and the
+        environment (see :func:`daskmask._fs.locate`). They travel with the
+        lazy array to the processes that read it.
 
     Returns
     -------
@@ -146,7 +164,13 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
         :class:`~daskmask.reading._array.GzipSlabReader`).
     InputChangedError
         When computed, if a file changed (size, modification time or inode)
-        after it was opened.
+        after it was opened, or an object's size or ETag/version id changed.
+    StorageError
+        An object cannot be reached: missing object or bucket
+        (:class:`~daskmask.exceptions.ObjectNotFoundError`), no or wrong
+        credentials (:class:`~daskmask.exceptions.StorageAccessError`), an
+        endpoint that does not answer
+        (:class:`~daskmask.exceptions.StorageUnreachableError`).
     DimensionError
         An image has more than 4 non-singleton dimensions, or a nested list
         was given.
@@ -158,6 +182,13 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
 
     Notes
     -----
+    An object is opened with small ranged reads (its header, and the first
+    compressed bytes of a ``.nii.gz``); each time chunk is then one ranged
+    request, made by the process that computes it, after one HEAD request
+    that checks the object is still the version opened. A remote ``.nii.gz``
+    read lazily is decoded once by each process that reads it (``fit`` with a
+    mean-based mask strategy decodes it once, on a worker).
+
     Differences from nilearn's ``check_niimg``: an existing file whose name
     contains glob characters is opened as that file instead of being treated
     as a pattern; an empty list raises ``TypeError`` (nilearn: a bare
@@ -169,19 +200,36 @@ def open_nifti(source: NiftiLike, chunks: ChunksLike = "auto") -> xr.DataArray:
     """
     if isinstance(source, xr.DataArray):
         return _rechunk_existing(source, chunks)
-    elements, is_list = _resolve(source)
+    elements, is_list = _resolve(source, storage_options)
     images = [_open_element(element) for element in elements]
     if not is_list:
         return _single_image_array(images[0], chunks)
     return _stacked_array(images, chunks)
 
 
-def _resolve(source: Any) -> tuple[list[Any], bool]:
-    """Expand paths and globs; return the elements and whether it was a list."""
+def _resolve(
+    source: Any, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[Any], bool]:
+    """Expand paths, URLs and globs; return the elements and whether it was a list.
+
+    URLs become :class:`~daskmask._fs.Location` elements (with their options).
+    """
+    if isinstance(source, Location) or is_url(source):
+        location = locate(source, storage_options)
+        if has_glob(location.path) and not _object_exists(location):
+            matches = location.glob()
+            if not matches:
+                raise NiftiFileNotFoundError(
+                    f"No objects matching the entered niimg expression: '{location.url}'. "
+                    "Check the pattern, or escape the wildcard characters if they are "
+                    "part of a name."
+                )
+            return list(matches), True
+        return [location], False
     if isinstance(source, str | os.PathLike):
         path = os.path.expanduser(os.fspath(source))
         if isinstance(path, str) and not os.path.exists(path) and _has_glob(path):
-            matches = sorted(glob.glob(path))
+            matches = [match.path for match in locate(path).glob()]
             if not matches:
                 raise NiftiFileNotFoundError(
                     f"No files matching the entered niimg expression: '{path}'. "
@@ -203,8 +251,8 @@ def _resolve(source: Any) -> tuple[list[Any], bool]:
                     "4D and you provided a list of lists of images (5D). Open each inner "
                     "list separately."
                 )
-            if isinstance(element, str | os.PathLike):
-                expanded, _ = _resolve(element)
+            if isinstance(element, str | os.PathLike | Location):
+                expanded, _ = _resolve(element, storage_options)
                 elements.extend(expanded)
             else:
                 elements.append(element)
@@ -216,8 +264,18 @@ def _has_glob(path: str) -> bool:
     return any(character in _GLOB_CHARACTERS for character in path)
 
 
+def _object_exists(location: Location) -> bool:
+    """Whether an object exists (an object whose name has glob characters is opened as is)."""
+    try:
+        return location.stat().is_file
+    except ObjectNotFoundError:
+        return False
+
+
 def _open_element(element: Any) -> OpenedImage:
-    """Open one path, nibabel image or DataArray (headers only)."""
+    """Open one path, URL, nibabel image or DataArray (headers only)."""
+    if isinstance(element, Location):
+        return open_location(element)
     if isinstance(element, str | os.PathLike):
         return open_path(os.fspath(element))
     if isinstance(element, SpatialImage):
@@ -268,6 +326,170 @@ def open_path(path: str) -> OpenedImage:
             f"'{path}' is a {type(image).__name__}, not a volumetric (NIfTI) image."
         )
     return _from_nibabel(image)
+
+
+#: Bytes of an object read at open: the header and, usually, its extensions.
+_HEAD_BYTES = 64 << 10
+#: Largest header (with extensions) read from an object: a ``vox_offset``
+#: beyond it is refused rather than fetched.
+MAX_REMOTE_HEADER_BYTES = 16 << 20
+#: Byte offset of ``vox_offset`` and its type, by header size (NIfTI-1, NIfTI-2).
+_VOX_OFFSET = {NIFTI1_HEADER_BYTES: (108, "f"), NIFTI2_HEADER_BYTES: (168, "q")}
+#: Magic of single-file NIfTI (``n+1``/``n+2``) and of pairs (``ni1``/``ni2``).
+_SINGLE_MAGIC = {NIFTI1_HEADER_BYTES: (344, b"n+1\x00"), NIFTI2_HEADER_BYTES: (4, b"n+2\x00")}
+
+
+def open_location(location: Location) -> OpenedImage:
+    """Open one ``.nii`` or ``.nii.gz`` object by URL, reading its header only.
+
+    One HEAD request (size and ETag/version id, recorded in the spec) and one
+    small ranged read of the first bytes (a few more when the header's
+    extensions or the compressed header need them). A local location is
+    opened as a path.
+
+    Parameters
+    ----------
+    location : daskmask._fs.Location
+        The object.
+
+    Returns
+    -------
+    OpenedImage
+
+    Raises
+    ------
+    StorageError
+        The object, its bucket or the endpoint cannot be reached (typed
+        subclasses, naming the URL and the fix).
+    NiftiReadError
+        Not a single-file NIfTI-1/NIfTI-2 image, a corrupt gzip stream, or an
+        object shorter than its header promises.
+
+    """
+    if location.is_local:
+        return open_path(location.path)
+    url = location.url
+    stat = location.stat(refresh=True)
+    if not stat.is_file:
+        raise NiftiReadError(f"'{url}' is a folder (a prefix), not a NIfTI object.")
+    head = location.read_range(0, min(stat.size, _HEAD_BYTES))
+    compressed = head.startswith(GZIP_MAGIC)
+    decoded = _remote_prefix(location, stat, head, compressed, NIFTI2_HEADER_BYTES)
+    header_size, byte_order = _header_kind(decoded, url)
+    position, kind = _VOX_OFFSET[header_size]
+    if len(decoded) < position + 8:
+        decoded = decoded + bytes(position + 8 - len(decoded))  # refused below
+    (vox_offset,) = struct.unpack_from(byte_order + kind, decoded, position)
+    needed = max(int(vox_offset), header_size + 4)
+    if needed > MAX_REMOTE_HEADER_BYTES:
+        raise NiftiReadError(
+            f"Cannot read '{url}' as a NIfTI image: its header puts the data at byte "
+            f"{int(vox_offset)}, beyond the {MAX_REMOTE_HEADER_BYTES} bytes of header and "
+            "extensions daskmask reads from an object. Fix the header (vox_offset)."
+        )
+    decoded = _remote_prefix(location, stat, head, compressed, needed)
+    if len(decoded) < header_size:
+        raise NiftiReadError(
+            f"Cannot read '{url}' as a NIfTI image: the object holds only {len(decoded)} "
+            f"bytes (after decompression), fewer than its {header_size}-byte header. "
+            "Re-create or re-upload it."
+        )
+    klass = nib.Nifti1Image if header_size == NIFTI1_HEADER_BYTES else nib.Nifti2Image
+    try:
+        image = klass.from_bytes(decoded[:needed])
+    except Exception as error:  # nibabel raises many types for unreadable headers
+        raise NiftiReadError(
+            f"Cannot read '{url}' as a NIfTI image: {type(error).__name__}: {error}"
+        ) from None
+    return _from_remote_image(image, location, stat, compressed)
+
+
+def _header_kind(first_bytes: bytes, url: str) -> tuple[int, str]:
+    """Return ``(header size, byte order)`` of a single-file NIfTI header, or refuse."""
+    if len(first_bytes) >= 4:
+        for byte_order in "<>":
+            (sizeof_hdr,) = struct.unpack(byte_order + "i", first_bytes[:4])
+            if sizeof_hdr in _SINGLE_MAGIC and len(first_bytes) >= sizeof_hdr:
+                position, magic = _SINGLE_MAGIC[sizeof_hdr]
+                if first_bytes[position : position + 4] == magic:
+                    return sizeof_hdr, byte_order
+                raise NiftiReadError(
+                    f"Cannot read '{url}': only single-file NIfTI objects (.nii, .nii.gz) "
+                    "are read from object storage, not Analyze or .hdr/.img pairs. Convert "
+                    "it to .nii (nibabel: nib.save(nib.load(path), 'run.nii.gz'))."
+                )
+    raise NiftiReadError(
+        f"Cannot read '{url}' as a NIfTI image: its first {len(first_bytes)} bytes (after "
+        "decompression) are not a NIfTI-1 or NIfTI-2 header. Check the URL; re-create or "
+        "re-upload the file if it is truncated."
+    )
+
+
+def _remote_prefix(
+    location: Location, stat: FileStat, head: bytes, compressed: bool, wanted: int
+) -> bytes:
+    """Return at least ``wanted`` leading (decoded) bytes of an object, or all of them."""
+    if not compressed:
+        if len(head) >= wanted or len(head) == stat.size:
+            return head
+        return location.read_range(0, min(wanted, stat.size))
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    decoded, position, step, pending = bytearray(), 0, len(head), head
+    try:
+        while len(decoded) < wanted and not inflater.eof:
+            if not pending:
+                if position >= stat.size:
+                    break
+                step = min(step * 2, 8 << 20)
+                pending = location.read_range(position, min(step, stat.size - position))
+            position += len(pending)
+            data = pending
+            pending = b""
+            while data and len(decoded) < wanted and not inflater.eof:
+                decoded += inflater.decompress(data, wanted - len(decoded))
+                data = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise NiftiReadError(
+            f"Cannot read '{location.url}' as a NIfTI image: the gzip stream is corrupt "
+            f"(zlib.error: {error}). Re-create or re-upload the file."
+        ) from None
+    return bytes(decoded)
+
+
+def _from_remote_image(
+    image: SpatialImage, location: Location, stat: FileStat, compressed: bool
+) -> OpenedImage:
+    """Describe an object whose header nibabel parsed from its first bytes."""
+    url = location.url
+    proxy = image.dataobj
+    shape = _squeezed_shape(tuple(image.shape), url)
+    on_disk_dtype = np.dtype(image.get_data_dtype())
+    affine = np.asarray(image.affine, dtype=np.float64)
+    _check_affine(affine, url)
+    metadata = header_metadata(image.header, len(shape))
+    spec = ProxySpec(
+        path=url,
+        shape=tuple(int(size) for size in shape),
+        on_disk_dtype=np.dtype(proxy.dtype),
+        offset=int(proxy.offset),
+        slope=proxy.slope,
+        inter=proxy.inter,
+        order=proxy.order,
+        identity=None,
+        gzip=compressed,
+        location=location,
+        version=(stat.size, stat.version),
+    )
+    _check_not_truncated(spec)
+    try:
+        scaled_dtype(spec)
+    except (TypeError, ValueError) as error:
+        raise NiftiReadError(
+            f"Cannot apply scl_slope={spec.slope!r} / scl_inter={spec.inter!r} of "
+            f"'{url}' to its {on_disk_dtype} data ({error}); nibabel cannot read it "
+            "either. Reset the scaling fields of the header."
+        ) from None
+    return OpenedImage(url, metadata, affine, shape, on_disk_dtype, spec=spec)
 
 
 def _check_regular_file(path: str, absolute: str) -> None:
@@ -452,7 +674,12 @@ def _check_not_truncated(spec: ProxySpec) -> None:
     before any coordinate, chunk or buffer of the promised size is made.
     """
     promised = math.prod(spec.shape) * np.dtype(spec.on_disk_dtype).itemsize
-    size = spec.identity[0] if spec.identity is not None else os.path.getsize(spec.path)
+    if spec.version is not None:
+        size = spec.version[0]
+    elif spec.identity is not None:
+        size = spec.identity[0]
+    else:
+        size = os.path.getsize(spec.path)
     if spec.gzip:
         if spec.offset + promised > MAX_DEFLATE_RATIO * size:
             raise NiftiReadError(
@@ -462,7 +689,7 @@ def _check_not_truncated(spec: ProxySpec) -> None:
                 "is wrong or the file is truncated; re-create or re-download it."
             )
         return
-    if spec.path.lower().endswith(_COMPRESSED_SUFFIXES):
+    if spec.location is None and spec.path.lower().endswith(_COMPRESSED_SUFFIXES):
         return
     if size < spec.offset + promised:
         held = max(0, size - spec.offset)
@@ -474,8 +701,11 @@ def _check_not_truncated(spec: ProxySpec) -> None:
 
 
 def _file_stats(specs: Sequence[ProxySpec]) -> list[tuple[int, ...]]:
-    """File versions (size, mtime, inode) recorded at open, for the graph names."""
-    return [tuple(spec.identity or ()) for spec in specs]
+    """File versions recorded at open, for the graph names.
+
+    ``(size, mtime, inode)`` of a file, ``(size, version)`` of an object.
+    """
+    return [tuple(spec.identity or spec.version or ()) for spec in specs]
 
 
 def _element_dask_array(image: OpenedImage, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
