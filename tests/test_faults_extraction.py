@@ -155,6 +155,25 @@ def test_cleaned_blocks_do_not_depend_on_blas_threads(run, scratch):
     assert np.array_equal(one, two)
 
 
+@pytest.mark.timeout(60)
+def test_a_lost_read_can_run_again_after_every_block_was_read(run, scratch):
+    # What a scheduler does after losing a worker late: the barrier's result is
+    # still in memory, so only the lost reads run again.
+    with dask.config.set({"scheduler": "threads"}):
+        X = _transform(run)
+        graph = dict(X.data.__dask_graph__())
+        gate = next(key for key in graph if key_split(key) == "daskmask-intermediate-barrier")
+        reads = sorted(key for key in graph if key_split(key) == READ)
+        path = dask.get(graph, gate)  # stage 1
+        blocks = dask.get(graph, reads)
+        whole = np.asarray(X)  # every block read (once more)
+        graph[gate] = path
+        again = dask.get(graph, [reads[0], reads[-1]])
+    assert np.array_equal(again[0], blocks[0])
+    assert np.array_equal(again[1], blocks[-1])
+    assert np.array_equal(whole, _transform(run).values)
+
+
 # --- a worker killed at every phase ---------------------------------------------------
 
 
@@ -254,8 +273,7 @@ def test_worker_killed_during_extraction(cluster_client, fitted, run, phase):
     n_blocks = len(masker.transform(run).data.chunks[1])
     settings = dict(PHASES[phase])
     if settings["count"] < 0:
-        share = 3 * n_blocks // 4 if phase == "late" else n_blocks
-        settings["count"] = max(share, 1)
+        settings["count"] = max(3 * n_blocks // 4 if phase == "late" else n_blocks, 1)
     result = _killed_run(cluster_client, masker, run, scratch, _Killer(pids={}, **settings))
     assert np.array_equal(result, expected)
 
