@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -59,15 +58,17 @@ from daskmask.storage._integrity import (
     CheckedLocalStore,
     build_manifest,
 )
-from daskmask.storage._tree import LocalTree, ObjectTree, StoreTree
+from daskmask.storage._tree import STORE_KEY, LocalTree, ObjectTree, StoreTree
 
 logger = logging.getLogger(__name__)
 
 #: The root metadata document of a store.
 ROOT = "zarr.json"
-#: Keys an object-store prefix may hold to be replaced by ``overwrite=True`` even
-#: without a root: the arrays of a store whose write was cut short.
-_STORE_KEY = re.compile(r"^[^/]+/(zarr\.json|c(/[0-9]+)*)$")
+
+
+def is_debris(keys: set[str]) -> bool:
+    """Whether object keys are only arrays of a results store (metadata and chunks)."""
+    return all(STORE_KEY.match(key) for key in keys)
 
 
 @dataclass
@@ -224,6 +225,8 @@ class ObjectStoreBackend(StoreBackend):
 
     def check_target(self, location: Location, overwrite: bool) -> None:  # noqa: D102
         keys = ObjectTree(location).keys()
+        if keys and ROOT not in keys and is_debris(keys):
+            return  # chunks that a failed write left, no store: free (begin removes them)
         if not keys:
             with storage_errors(location.url):
                 is_object = bool(location.fs.isfile(self._base(location)))
@@ -237,7 +240,7 @@ class ObjectStoreBackend(StoreBackend):
             raise StoreExistsError(
                 f"{location.url} already exists; pass overwrite=True to replace the results store."
             )
-        if ROOT not in keys and not all(_STORE_KEY.match(key) for key in keys):
+        if ROOT not in keys and not is_debris(keys):
             raise StoreExistsError(
                 f"{location.url} holds objects that are not a Zarr store; overwrite=True only "
                 "replaces stores. Choose another URL."
@@ -271,12 +274,13 @@ class ObjectStoreBackend(StoreBackend):
         from zarr.storage import FsspecStore
 
         self.check_target(location, overwrite)
-        replaced = bool(ObjectTree(location).keys())
+        found = ObjectTree(location).keys()
+        replaced = ROOT in found
         base = self._base(location)
         with storage_errors(location.url):
             # first the root that says incomplete: it invalidates an old store in one PUT
             location.fs.pipe_file(f"{base}/{ROOT}", self._placeholder())
-        if replaced:
+        if found:
             self._remove(location, keep_root=True)
         with storage_errors(location.url):
             store = FsspecStore.from_url(location.url, storage_options=location.storage_options)
@@ -286,7 +290,13 @@ class ObjectStoreBackend(StoreBackend):
         with storage_errors(target.location.url):
             mark_complete(target.store, ObjectTree(target.location))
 
-    def abort(self, target: WriteTarget, error: BaseException) -> None:  # noqa: D102
+    def abort(self, target: WriteTarget, error: BaseException) -> None:
+        """Remove the objects written; an overwrite keeps its root saying incomplete.
+
+        A task still running when the write failed (another thread, a worker)
+        may write its chunk after this: such debris has no root, is refused by
+        ``open_results`` as incomplete, and is removed by the next save.
+        """
         if isinstance(error, StorageUnreachableError | StorageAccessError):
             return  # nothing can be removed; the root written first says incomplete
         try:

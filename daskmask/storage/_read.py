@@ -58,7 +58,7 @@ def _root_attributes(location: Location, backend: StoreBackend, tree: StoreTree)
         raise StoreNotFoundError(f"No results store at {path}.")
     metadata_file = tree.describe("zarr.json")
     if not tree.is_container() or not tree.is_file("zarr.json"):
-        if tree.is_container() and "signals" in tree.children():
+        if tree.is_container() and tree.holds_arrays_only():
             # the arrays of a store without its root: a write or removal cut short
             raise _incomplete(path)
         raise NotAStoreError(f"{path} is not a daskmask results store (no Zarr v3 group).")

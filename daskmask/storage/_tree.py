@@ -13,6 +13,7 @@ Keys are relative to the store's root and use ``/`` (``signals/c/0/3``).
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,9 @@ from daskmask._fs import storage_errors
 
 if TYPE_CHECKING:
     from daskmask._fs import Location
+
+#: Keys of the arrays of a results store (their metadata and chunks), relative to its root.
+STORE_KEY = re.compile(r"^[^/]+/(zarr\.json|c(/[0-9]+)*)$")
 
 
 class StoreTree(ABC):
@@ -57,6 +61,10 @@ class StoreTree(ABC):
     @abstractmethod
     def children(self) -> list[str]:
         """Return the names of the folders directly under the root, sorted."""
+
+    def holds_arrays_only(self) -> bool:
+        """Whether the store holds arrays of a results store but no root (a cut-short write)."""
+        return "signals" in self.children()
 
 
 class LocalTree(StoreTree):
@@ -162,3 +170,7 @@ class ObjectTree(StoreTree):
 
     def children(self) -> list[str]:  # noqa: D102
         return sorted({key.split("/", 1)[0] for key in self.keys() if "/" in key})
+
+    def holds_arrays_only(self) -> bool:  # noqa: D102
+        keys = self.keys()
+        return bool(keys) and "zarr.json" not in keys and all(STORE_KEY.match(k) for k in keys)
