@@ -69,8 +69,14 @@ def short_file_name(path: str | Path, shorten: bool = True) -> str:
     """Return a file name fit for a log line.
 
     At most about 20 characters: a long name is cut and ends with ``...``;
-    a short one keeps as many parent folders as fit, behind ``.../``.
+    a short one keeps as many parent folders as fit, behind ``.../``. A URL
+    (``s3://bucket/run.nii.gz``) is shown whole when not shortened.
     """
+    if isinstance(path, str) and "://" in path:
+        # A URL: pathlib would fold its "//"; keep it whole, or shorten its name.
+        if not shorten:
+            return path
+        path = Path(path.partition("://")[2])
     path = Path(path)
     if not shorten:
         return str(path)

@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
+from daskmask._fs import has_glob, is_url, locate
 from daskmask.image._grid import check_resampling_inputs, needs_resampling, plan_target_grid
 from daskmask.image._smoothing import smooth_array
 from daskmask.image.resampling import new_img_like, resample_volume
@@ -86,6 +87,16 @@ def reference_image(img: Any) -> nib.spatialimages.SpatialImage | None:
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
         return img
+    if isinstance(img, str) and is_url(img):
+        from daskmask.reading._sources import remote_header_image
+
+        try:
+            location = locate(img)
+            if has_glob(location.path):
+                location = location.glob()[0]
+            return remote_header_image(location)[0]
+        except Exception:  # an unreadable header only costs the header copy
+            return None
     if isinstance(img, (str, os.PathLike)):
         path = os.fspath(img)
         if not os.path.isfile(path):

@@ -22,6 +22,16 @@ copy checks that the file is still that version, so a run replaced on disk
 after ``fit`` raises :class:`~daskmask.exceptions.InputChangedError` instead of
 silently giving the old data. A full scratch disk raises
 :class:`~daskmask.exceptions.ScratchSpaceError`.
+
+An object in a store (``s3://...``) is streamed through fsspec (32 MiB blocks,
+read-ahead), with the same checks. With dask's threads (no distributed client)
+the pass runs in this process and writes the decoded copy to the local scratch
+folder, as for a file. When a ``distributed.Client`` is active the pass runs as
+one task on a worker and returns only the mean: no byte of the object goes
+through the client, and no decoded copy is kept, because a worker's scratch
+folder may be invisible to the other workers (Kubernetes pods, nodes of an HPC
+job). ``transform`` then reads the object lazily in each worker process, which
+costs one decode per worker that reads it.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+import dask
 import dask.array as da
 import nibabel as nib
 import numpy as np
@@ -44,12 +55,15 @@ import xarray as xr
 from dask.base import tokenize
 
 from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
+from daskmask._fs import Location, is_url, locate
 from daskmask._rawio import read_exactly, write_exactly
-from daskmask.exceptions import NiftiReadError, ScratchSpaceError
+from daskmask.exceptions import NiftiReadError, ScratchSpaceError, StorageError
 from daskmask.extraction._store import TemporaryStore
 from daskmask.reading._array import (
     DIRECT_ALLOCATION_BYTES,
     ProxySpec,
+    current_version,
+    open_remote_stream,
     read_fully,
     read_into,
     scale,
@@ -57,10 +71,11 @@ from daskmask.reading._array import (
 )
 from daskmask.reading._integrity import (
     GZIP_DECODERS,
-    Identity,
+    check_object_unchanged,
     check_unchanged,
     file_identity,
 )
+from daskmask.reading._sources import open_location
 
 __all__ = [
     "decode_once",
@@ -136,28 +151,33 @@ def measure_decoders(path: str | os.PathLike[str], block: int = 64 << 20) -> dic
 
 
 def source_key(
-    path: str | os.PathLike[str], stat: os.stat_result | None = None
-) -> tuple[str, int, int, int]:
+    path: str | os.PathLike[str] | Location, stat: os.stat_result | None = None
+) -> tuple[Any, ...]:
     """Identify a file version: absolute path, size, modification time (ns), inode.
+
+    An object (a :class:`~daskmask._fs.Location` with a URL) is identified by
+    ``(url, size, version)``, its version (ETag or version id) asked afresh.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The file.
+    path : str, os.PathLike or Location
+        The file or object.
     stat : os.stat_result, optional
         Its status (e.g. ``os.fstat`` of an open descriptor); read by path
         when not given.
 
     Returns
     -------
-    tuple of (str, int, int, int)
+    tuple
 
     """
+    if isinstance(path, Location) and not path.is_local:
+        return (path.url, *current_version(path))
     absolute = os.path.abspath(os.fspath(path))
     return (absolute, *file_identity(os.stat(absolute) if stat is None else stat))
 
 
-def file_source(run: xr.DataArray) -> str | None:
+def file_source(run: xr.DataArray) -> str | Location | None:
     """Return the NIfTI file ``run`` reads unchanged, or None.
 
     True only for a DataArray straight from :func:`daskmask.open_nifti` of
@@ -172,8 +192,9 @@ def file_source(run: xr.DataArray) -> str | None:
 
     Returns
     -------
-    str or None
-        The absolute path of the file.
+    str, Location or None
+        The absolute path of the file, or the location (URL and options) of
+        an object.
 
     """
     source = run.attrs.get("source")
@@ -185,13 +206,19 @@ def file_source(run: xr.DataArray) -> str | None:
         or data.name.startswith("nifti-memory-")
         or run.ndim != 4
         or run.dtype.kind not in "biufc"
-        or not os.path.isfile(source)
     ):
+        return None
+    if is_url(source):
+        spec = run.encoding.get("nifti_spec")
+        if isinstance(spec, ProxySpec) and spec.location is not None and spec.path == source:
+            return spec.location  # with the options the run was opened with
+        return locate(source)
+    if not os.path.isfile(source):
         return None
     return os.path.abspath(source)
 
 
-def gzip_source(run: xr.DataArray) -> str | None:
+def gzip_source(run: xr.DataArray) -> str | Location | None:
     """Return the ``.nii.gz`` file ``run`` reads unchanged, or None.
 
     As :func:`file_source`, for a gzip-compressed file only.
@@ -211,8 +238,10 @@ def gzip_source(run: xr.DataArray) -> str | None:
     return source if source is not None and is_gzip_file(source) else None
 
 
-def is_gzip_file(path: str) -> bool:
-    """Whether ``path`` starts with the gzip magic bytes."""
+def is_gzip_file(path: str | Location) -> bool:
+    """Whether ``path`` (a file or an object) starts with the gzip magic bytes."""
+    if isinstance(path, Location):
+        return path.read_range(0, 2) == b"\x1f\x8b"
     with open(path, "rb") as raw:
         return raw.read(2) == b"\x1f\x8b"
 
@@ -232,7 +261,7 @@ class _DecodedArray:
         store: TemporaryStore | str,
         shape: tuple[int, ...],
         dtype: Any,
-        source: tuple[str, Identity] | None = None,
+        source: tuple[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.shape = shape
@@ -245,7 +274,10 @@ class _DecodedArray:
         return os.path.join(os.fspath(self.store), DECODED)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        if self.source is not None:
+        if self.source is not None and isinstance(self.source[1], Location):
+            location = self.source[1]
+            check_object_unchanged(location.url, self.source[2], current_version(location))
+        elif self.source is not None:
             path, identity = self.source
             try:
                 stat = os.stat(path)
@@ -316,6 +348,8 @@ def decode_once(
     path = gzip_source(run)
     if path is None:
         raise ValueError("decode_once needs a 4-D run opened by open_nifti from one .nii.gz")
+    if isinstance(path, Location):
+        return _decode_object(run, path, store_root, chunk_volumes)
     # Decode through this descriptor: the version checked here is the one
     # decoded, even if the path is replaced meanwhile.
     raw_file = open(path, "rb")  # noqa: SIM115 - closed by the with below
@@ -352,12 +386,8 @@ def _decode(
     chunk_volumes: int,
 ) -> tuple[TemporaryStore, np.ndarray]:
     """Inflate ``raw_file`` into a new store under ``store_root``; return it and the mean."""
-    path = spec.path
-    chunk_volumes = max(1, min(int(chunk_volumes), run.shape[3]))
     spatial, n_volumes = run.shape[:3], run.shape[3]
-    on_disk = np.dtype(spec.on_disk_dtype)
-    stored = run.dtype.newbyteorder("=")
-    needed = n_volumes * int(np.prod(spatial)) * stored.itemsize
+    needed = n_volumes * int(np.prod(spatial)) * run.dtype.itemsize
     try:
         store = TemporaryStore(prefix="daskmask-decoded-", directory=os.fspath(store_root))
     except OSError as error:
@@ -365,84 +395,194 @@ def _decode(
             raise _scratch_full(error, store_root, needed) from None
         raise
     decoded_path = os.path.join(store.root, DECODED)
+    try:
+        fd = os.open(decoded_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "wb"):
+            mean = _inflate(spec, raw_file, tuple(run.shape), run.dtype, chunk_volumes, fd)
+    except OSError as error:
+        store.cleanup()
+        if error.errno in _NO_SPACE:
+            raise _scratch_full(error, store_root, needed) from None
+        if isinstance(error, StorageError):
+            raise
+        raise _corrupt(spec.path, error) from None
+    except (EOFError, zlib.error, ValueError) as error:
+        store.cleanup()
+        raise _corrupt(spec.path, error) from None
+    except BaseException:
+        store.cleanup()
+        raise
+    return store, mean
+
+
+def _inflate(
+    spec: ProxySpec,
+    raw_file: IO[bytes],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunk_volumes: int,
+    fd: int | None,
+) -> np.ndarray:
+    """Inflate a whole gzip stream once; fold its slabs into the mean; write them to ``fd``.
+
+    ``fd`` None: only the mean (the pass of a worker, whose scratch other
+    processes may not see). The stream is read to its very end, so the
+    decoder checks the CRC32 and size of every gzip member.
+    """
+    dtype = np.dtype(dtype)
+    chunk_volumes = max(1, min(int(chunk_volumes), shape[3]))
+    spatial, n_volumes = shape[:3], shape[3]
+    on_disk = np.dtype(spec.on_disk_dtype)
+    stored = dtype.newbyteorder("=")
     stored_volume_bytes = int(np.prod(spatial)) * stored.itemsize
-    accumulator = accumulator_dtype(run.dtype)
+    accumulator = accumulator_dtype(dtype)
     running: list[np.ndarray | None] = [None]
     volume_bytes = int(np.prod(spatial)) * on_disk.itemsize
     opener = _opener(decoder_name())
     assert opener is not None
 
-    def write_and_fold(fd: int, start: int, slab: np.ndarray) -> None:
-        # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time): one write.
-        rows = np.ascontiguousarray(slab.T, dtype=stored)
-        write_exactly(fd, memoryview(rows).cast("B"), start * stored_volume_bytes)
+    def write_and_fold(start: int, slab: np.ndarray) -> None:
+        if fd is not None:
+            # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time): one write.
+            rows = np.ascontiguousarray(slab.T, dtype=stored)
+            write_exactly(fd, memoryview(rows).cast("B"), start * stored_volume_bytes)
         running[0] = fold_volumes(running[0], slab, accumulator)
 
     pending: Future[None] | None = None
-    try:
-        # The decoder runs in this thread; one helper thread writes slab n and
-        # folds it into the mean while slab n + 1 is inflated (the decoders,
-        # the file writes and numpy's additions release the GIL). A single
-        # helper keeps the slabs, hence the floating-point sum, in time order.
-        # Two buffers, inflated into in turn: a fresh 30-100 MB bytes object
-        # per slab would be mapped and page-faulted afresh every time, which
-        # doubled the time of this pass on the benchmark machine. A slab
-        # larger than DIRECT_ALLOCATION_BYTES (one huge volume) is instead
-        # read in pieces, so a stream shorter than its header promises fails
-        # before the promised size is allocated.
-        slab_bytes = chunk_volumes * volume_bytes
-        buffers = (
-            [np.empty(slab_bytes, np.uint8) for _ in range(2)]
-            if slab_bytes <= DIRECT_ALLOCATION_BYTES
-            else None
-        )
-        fd = os.open(decoded_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        with (
-            opener(raw_file, "rb") as stream,
-            ThreadPoolExecutor(1) as helper,
-            os.fdopen(fd, "wb"),
-        ):
-            if len(stream.read(spec.offset)) != spec.offset:
-                raise EOFError("the stream ends inside the header")
-            for index, start in enumerate(range(0, n_volumes, chunk_volumes)):
-                count = min(chunk_volumes, n_volumes - start)
-                if buffers is None:
-                    raw_bytes = memoryview(read_fully(stream, count * volume_bytes))
-                else:
-                    # The helper finished with this buffer: its job was
-                    # awaited before the previous slab was handed over.
-                    raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
-                    if read_into(stream, raw_bytes) != count * volume_bytes:
-                        raise EOFError(f"the stream ends before volume {start + count - 1}")
-                # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time).
-                raw = np.frombuffer(raw_bytes, dtype=on_disk).reshape(count, *spatial[::-1])
-                slab = scale(raw.transpose(), spec, run.dtype)
-                if pending is not None:
-                    pending.result()
-                pending = helper.submit(write_and_fold, fd, start, slab)
-                del raw_bytes, raw, slab
-            # Read on to the end of the stream (normally just the trailer):
-            # the decoder then checks the CRC32 and size of every gzip member
-            # against the bytes it produced, without a second pass.
-            tail = bytearray(1 << 20)
-            while stream.readinto(tail):
-                pass
+    # The decoder runs in this thread; one helper thread writes slab n and
+    # folds it into the mean while slab n + 1 is inflated (the decoders,
+    # the file writes and numpy's additions release the GIL). A single
+    # helper keeps the slabs, hence the floating-point sum, in time order.
+    # Two buffers, inflated into in turn: a fresh 30-100 MB bytes object
+    # per slab would be mapped and page-faulted afresh every time, which
+    # doubled the time of this pass on the benchmark machine. A slab
+    # larger than DIRECT_ALLOCATION_BYTES (one huge volume) is instead
+    # read in pieces, so a stream shorter than its header promises fails
+    # before the promised size is allocated.
+    slab_bytes = chunk_volumes * volume_bytes
+    buffers = (
+        [np.empty(slab_bytes, np.uint8) for _ in range(2)]
+        if slab_bytes <= DIRECT_ALLOCATION_BYTES
+        else None
+    )
+    with opener(raw_file, "rb") as stream, ThreadPoolExecutor(1) as helper:
+        if len(stream.read(spec.offset)) != spec.offset:
+            raise EOFError("the stream ends inside the header")
+        for index, start in enumerate(range(0, n_volumes, chunk_volumes)):
+            count = min(chunk_volumes, n_volumes - start)
+            if buffers is None:
+                raw_bytes = memoryview(read_fully(stream, count * volume_bytes))
+            else:
+                # The helper finished with this buffer: its job was
+                # awaited before the previous slab was handed over.
+                raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
+                if read_into(stream, raw_bytes) != count * volume_bytes:
+                    raise EOFError(f"the stream ends before volume {start + count - 1}")
+            # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time).
+            raw = np.frombuffer(raw_bytes, dtype=on_disk).reshape(count, *spatial[::-1])
+            slab = scale(raw.transpose(), spec, dtype)
             if pending is not None:
                 pending.result()
-    except OSError as error:
-        store.cleanup()
-        if error.errno in _NO_SPACE:
-            raise _scratch_full(error, store_root, needed) from None
-        raise _corrupt(path, error) from None
-    except (EOFError, zlib.error, ValueError) as error:
-        store.cleanup()
-        raise _corrupt(path, error) from None
-    except BaseException:
-        store.cleanup()
-        raise
+            pending = helper.submit(write_and_fold, start, slab)
+            del raw_bytes, raw, slab
+        # Read on to the end of the stream (normally just the trailer):
+        # the decoder then checks the CRC32 and size of every gzip member
+        # against the bytes it produced, without a second pass.
+        tail = bytearray(1 << 20)
+        while stream.readinto(tail):
+            pass
+        if pending is not None:
+            pending.result()
     # As numpy (and masking._mean): divide by an intp count, then cast.
-    mean = np.asarray((running[0] / np.intp(n_volumes)).astype(mean_dtype(run.dtype)))
-    return store, mean
+    return np.asarray((running[0] / np.intp(n_volumes)).astype(mean_dtype(dtype)))
+
+
+def _decode_object(
+    run: xr.DataArray, location: Location, store_root: str | Path, chunk_volumes: int
+) -> tuple[xr.DataArray | None, np.ndarray]:
+    """Run the decode-once pass of an object: on a worker (mean only) or here (copy too).
+
+    With a ``distributed.Client`` active the pass is one task on a worker,
+    which streams the object and returns its mean (``decoded`` is then None:
+    ``transform`` reads the object lazily). Otherwise this process is the one
+    that reads: it streams the object into a decoded copy under
+    ``store_root``, as for a file.
+    """
+    spec = _recorded_spec(run, location.url)
+    if spec is None or spec.location is None:
+        opened = open_location(location)
+        spec = opened.spec
+        assert spec is not None
+    if _distributed_client() is not None:
+        name = f"daskmask-decode-mean-{tokenize(spec, chunk_volumes)}"
+        task = dask.delayed(object_mean, pure=False)
+        mean = task(spec, tuple(run.shape), run.dtype, chunk_volumes, dask_key_name=name)
+        mean = mean.compute()
+        return None, mean
+    assert spec.location is not None
+    version = current_version(spec.location)
+    check_object_unchanged(spec.path, spec.version, version)
+    with open_remote_stream(spec.location) as raw_file:
+        store, mean = _decode(run, spec, raw_file, store_root, chunk_volumes)
+    key = (location.url, *version)
+    array = _DecodedArray(store, tuple(run.shape), run.dtype, (location.url, location, version))
+    data = _decoded_dask_array(array, key, chunk_volumes)
+    attrs = {**run.attrs, "decoded_store": os.path.join(store.root, DECODED)}
+    result = xr.DataArray(data, dims=run.dims, coords=run.coords, attrs=attrs, name=run.name)
+    result.encoding["decoded_array"] = array
+    result.encoding["source_key"] = key
+    return result, mean
+
+
+def object_mean(
+    spec: ProxySpec, shape: tuple[int, ...], dtype: Any, chunk_volumes: int
+) -> np.ndarray:
+    """Stream a ``.nii.gz`` object once and return its mean over time (a worker's task).
+
+    Parameters
+    ----------
+    spec : ProxySpec
+        The object (location and recorded version).
+    shape : tuple of int
+        The run's 4-D shape.
+    dtype : numpy.dtype
+        The run's (scaled) dtype.
+    chunk_volumes : int
+        Volumes inflated and folded at a time.
+
+    Returns
+    -------
+    numpy.ndarray
+        The mean, equal bit for bit to :func:`daskmask.masking.mean_volume`.
+
+    Raises
+    ------
+    InputChangedError
+        If the object is no longer the version recorded.
+    NiftiReadError
+        If the stream is corrupt or shorter than the header promises.
+
+    """
+    assert spec.location is not None
+    check_object_unchanged(spec.path, spec.version, current_version(spec.location))
+    try:
+        with open_remote_stream(spec.location) as raw_file:
+            return _inflate(spec, raw_file, shape, np.dtype(dtype), chunk_volumes, None)
+    except StorageError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise _corrupt(spec.path, error) from None
+
+
+def _distributed_client() -> Any:
+    """Return the ``distributed.Client`` dask computes with now, or None (threads...)."""
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler()
+    owner = getattr(scheduler, "__self__", None)
+    if owner is not None and type(owner).__name__ == "Client":
+        return owner
+    return None
 
 
 def _corrupt(path: str, error: BaseException) -> NiftiReadError:

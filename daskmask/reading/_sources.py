@@ -368,6 +368,33 @@ def open_location(location: Location) -> OpenedImage:
     """
     if location.is_local:
         return open_path(location.path)
+    image, stat, compressed = remote_header_image(location)
+    return _from_remote_image(image, location, stat, compressed)
+
+
+def remote_header_image(location: Location) -> tuple[SpatialImage, FileStat, bool]:
+    """Read an object's NIfTI header (small ranged reads) as a nibabel image.
+
+    Parameters
+    ----------
+    location : daskmask._fs.Location
+        The object (not local).
+
+    Returns
+    -------
+    image : nibabel.Nifti1Image or nibabel.Nifti2Image
+        Header, affine and shape; its ``dataobj`` holds no voxel data.
+    stat : daskmask._fs.FileStat
+        Size and version of the object (one fresh HEAD request).
+    compressed : bool
+        Whether the object is gzip-compressed.
+
+    Raises
+    ------
+    StorageError, NiftiReadError
+        As :func:`open_location`.
+
+    """
     url = location.url
     stat = location.stat(refresh=True)
     if not stat.is_file:
@@ -401,7 +428,7 @@ def open_location(location: Location) -> OpenedImage:
         raise NiftiReadError(
             f"Cannot read '{url}' as a NIfTI image: {type(error).__name__}: {error}"
         ) from None
-    return _from_remote_image(image, location, stat, compressed)
+    return image, stat, compressed
 
 
 def _header_kind(first_bytes: bytes, url: str) -> tuple[int, str]:

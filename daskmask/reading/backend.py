@@ -21,6 +21,7 @@ import xarray as xr
 from xarray.backends import BackendEntrypoint
 from xarray.core import indexing
 
+from daskmask._fs import is_url, locate
 from daskmask.reading._array import NiftiArrayWrapper
 from daskmask.reading._chunks import volumes_per_chunk
 from daskmask.reading._metadata import build_attrs, build_coords, dims_for
@@ -28,6 +29,7 @@ from daskmask.reading._sources import (
     GZIP_MAGIC,
     NIFTI1_HEADER_BYTES,
     NIFTI2_HEADER_BYTES,
+    open_location,
     open_path,
 )
 
@@ -89,13 +91,18 @@ class NiftiBackendEntrypoint(BackendEntrypoint):
         "Open NIfTI-1/NIfTI-2 images (.nii, .nii.gz) lazily, chunked along time (daskmask)"
     )
     url: ClassVar[str] = "https://github.com/daskmask/daskmask"
-    open_dataset_parameters: ClassVar[tuple[str, ...]] = ("filename_or_obj", "drop_variables")
+    open_dataset_parameters: ClassVar[tuple[str, ...]] = (
+        "filename_or_obj",
+        "drop_variables",
+        "storage_options",
+    )
 
     def open_dataset(
         self,
         filename_or_obj: Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
         """Open one NIfTI file lazily (headers only).
 
@@ -106,6 +113,9 @@ class NiftiBackendEntrypoint(BackendEntrypoint):
             supported: the data must be re-openable by path in every process.
         drop_variables : str or iterable of str, optional
             Variable names to leave out (the only variable is the file stem).
+        storage_options : dict, optional
+            File-system options of a URL (``s3://...``): credentials,
+            ``endpoint_url``; as :func:`daskmask.open_nifti`.
 
         Returns
         -------
@@ -126,7 +136,10 @@ class NiftiBackendEntrypoint(BackendEntrypoint):
                 "The nifti engine opens files by path (str or os.PathLike) so that every "
                 f"process can re-open them; got {type(filename_or_obj).__name__}."
             )
-        image = open_path(os.path.expanduser(os.fspath(filename_or_obj)))
+        if is_url(filename_or_obj):
+            image = open_location(locate(filename_or_obj, storage_options))
+        else:
+            image = open_path(os.path.expanduser(os.fspath(filename_or_obj)))
         assert image.spec is not None  # paths are always file-backed
         wrapper = NiftiArrayWrapper(image.spec)
         dims = dims_for(len(image.shape))
@@ -167,6 +180,8 @@ class NiftiBackendEntrypoint(BackendEntrypoint):
         """
         if not isinstance(filename_or_obj, str | os.PathLike):
             return False
+        if is_url(filename_or_obj):  # no request just to guess: by name
+            return str(filename_or_obj).lower().endswith(_NIFTI_SUFFIXES)
         path = os.path.expanduser(os.fspath(filename_or_obj))
         if not isinstance(path, str):
             return False
