@@ -30,6 +30,7 @@ from daskmask.extraction import (
     unmask,
     unmask_to_file,
 )
+from daskmask.extraction._unmask import load_image_file
 from daskmask.reading import open_nifti
 from daskmask.reading._decode import file_source, source_key, with_time_chunks
 from daskmask.signal import clean
@@ -296,7 +297,9 @@ def _signals_values(X: Any) -> Any:
     return X if isinstance(X, da.Array) else np.asarray(X)
 
 
-def signals_to_image(masker: NiftiMasker, X: Any, filename: Any = None) -> nib.Nifti1Image:
+def signals_to_image(
+    masker: NiftiMasker, X: Any, filename: Any = None, storage_options: Any = None
+) -> nib.Nifti1Image:
     """Unmask ``X`` onto ``masker``'s mask grid (``inverse_transform``)."""
     values = _signals_values(X)
     if values.ndim == 2 and values.shape[0] == 1 and values.shape[1] != masker.n_elements_:
@@ -321,7 +324,10 @@ def signals_to_image(masker: NiftiMasker, X: Any, filename: Any = None) -> nib.N
         values = values.astype(target)
     log("Computing image from signals", masker.verbose)
     if filename is not None:
-        return nib.load(unmask_to_file(values, masker.mask_img_, filename))
+        written = unmask_to_file(
+            values, masker.mask_img_, filename, storage_options=storage_options
+        )
+        return load_image_file(written, storage_options)
     if isinstance(values, da.Array):
         values = values.compute()
     return unmask(values, masker.mask_img_)

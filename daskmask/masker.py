@@ -302,7 +302,9 @@ class NiftiMasker(BaseEstimator):
             return self.transform(imgs, confounds=confounds, sample_mask=sample_mask)
 
     @logged_method
-    def inverse_transform(self, X: Any, *, filename: Any = None) -> nib.Nifti1Image:
+    def inverse_transform(
+        self, X: Any, *, filename: Any = None, storage_options: Any = None
+    ) -> nib.Nifti1Image:
         """Put signals back into images: 1D signals give a 3D image, 2D a 4D one.
 
         Parameters
@@ -311,10 +313,16 @@ class NiftiMasker(BaseEstimator):
             ``(n_voxels,)`` or ``(n_time, n_voxels)`` signals: numpy,
             dask or xarray (as returned by :meth:`transform`), or a results
             store opened with :func:`daskmask.open_results`.
-        filename : path, optional
+        filename : path or URL, optional
             Stream the image to this .nii or .nii.gz file volume by volume,
             without holding the 4D array in memory, and return it opened
-            lazily. Use it for results larger than memory.
+            lazily. Use it for results larger than memory. A URL
+            (``s3://bucket/out.nii.gz``, any fsspec URL) streams it into one
+            object, which appears only when its upload completes.
+        storage_options : dict, optional
+            File-system options for a URL ``filename`` (credentials,
+            ``endpoint_url``); by default the dask config
+            ``daskmask.storage-options`` and the usual environment.
 
         Returns
         -------
@@ -323,7 +331,7 @@ class NiftiMasker(BaseEstimator):
 
         """
         self._check_fitted()
-        return signals_to_image(self, X, filename)
+        return signals_to_image(self, X, filename, storage_options)
 
     # ------------------------------------------------------------ reports
 

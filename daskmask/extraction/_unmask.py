@@ -1,16 +1,26 @@
-"""Masked signals back to images: in memory, or streamed to a NIfTI file.
+"""Masked signals back to images: in memory, or streamed to a NIfTI file or object.
 
 :func:`unmask` builds the whole image in memory, as nilearn does.
 :func:`unmask_to_file` writes a ``(time, voxel)`` array of any size volume by
-volume; when the signals are a voxel-blocked dask array (the layout of
-daskmask's results), they are first reorganised into time slabs through a
-temporary Zarr store, so that no task and no write buffer holds the 4D array.
+volume, to a local file or to an object-store URL; when the signals are a
+voxel-blocked dask array (the layout of daskmask's results), they are first
+reorganised into time slabs through a temporary Zarr store, so that no task
+and no write buffer holds the 4D array.
+
+Atomicity: a local file is written under a hidden temporary name and renamed
+into place. An object store has no rename; the object is written by one
+upload (a single PUT, or one multipart upload for a large file), which S3
+(and GCS, Azure) make visible only when it completes, and which is aborted,
+never completed, when the write fails. A reader therefore sees the old
+object, or the new one whole, never a part.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +29,8 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from daskmask._fs import Location, locate, storage_errors
+from daskmask.exceptions import StorageError
 from daskmask.extraction import _store
 from daskmask.extraction._apply_mask import flat_fortran_index
 from daskmask.extraction._plan import resolve_block_bytes
@@ -112,13 +124,59 @@ def _is_regular(chunks: tuple[int, ...]) -> bool:
     return len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
 
 
-def _to_time_slabs(signals: da.Array, slab: int, voxel_block: int) -> tuple[Any, Any, int]:
+def _distributed() -> bool:
+    """Whether the active dask scheduler is a distributed client."""
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    try:
+        client = get_client()
+    except ValueError:
+        return False
+    import dask.base
+
+    return dask.base.get_scheduler() == client.get
+
+
+class _ObjectScratch:
+    """A temporary prefix beside an object-store output (the time slabs on a cluster)."""
+
+    def __init__(self, output: Location) -> None:
+        import secrets
+
+        self.location = output.parent.join(f".{output.name}.slabs-{secrets.token_hex(4)}.zarr")
+
+    def store(self) -> Any:
+        from zarr.storage import FsspecStore
+
+        with storage_errors(self.location.url):
+            return FsspecStore.from_url(
+                self.location.url, storage_options=self.location.storage_options
+            )
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception), storage_errors(self.location.url):
+            self.location.fs.rm(self.location.path, recursive=True)
+
+
+def _to_time_slabs(
+    signals: da.Array, slab: int, voxel_block: int, output: Location | None = None
+) -> tuple[Any, Any, int]:
     """Store dask signals once in a temporary Zarr array chunked ``(slab, voxel_block)``.
 
     Voxel-blocked signals ``(all time, voxel blocks)`` keep their blocks (each
     dask block covers whole Zarr chunks, so the writes never race); time-chunked
     signals keep their time chunks as slabs. Returns the opened Zarr array, the
-    :class:`~daskmask.extraction._store.TemporaryStore` owning it and the slab.
+    temporary store owning it (with a ``cleanup`` method) and the slab.
+
+    The array is in the scratch folder (a
+    :class:`~daskmask.extraction._store.TemporaryStore`), or, when the output
+    is an object-store URL and a distributed client computes, under a hidden
+    prefix beside the output, which every worker and the client reach. Every
+    chunk is written (even all-zero ones) and counted before it is read: a
+    chunk written where this process cannot see it (workers whose scratch
+    folder is not this one) is an error, never zeros.
     """
     import zarr
 
@@ -130,19 +188,43 @@ def _to_time_slabs(signals: da.Array, slab: int, voxel_block: int) -> tuple[Any,
     aligned = signals.rechunk({0: slab if len(time_chunks) > 1 else -1, 1: voxel_block})
     if len(voxel_chunks) == 1 and len(time_chunks) > 1:
         aligned = signals.rechunk({0: slab})
-    store = _store.TemporaryStore(prefix="daskmask-unmask-")
-    path = os.path.join(store.root, _store.SIGNALS)
-    target = zarr.create_array(
-        store=path,
-        shape=signals.shape,
-        chunks=(slab, voxel_block),
-        dtype=signals.dtype,
-        compressors=_store._codec(),
-        fill_value=0,
-        zarr_format=3,
-    )
-    da.store(aligned, target, lock=False, compute=True)
-    return zarr.open_array(path, mode="r"), store, slab
+    holder: Any
+    if output is not None and not output.is_local and _distributed():
+        holder = _ObjectScratch(output)
+        target_store: Any = holder.store()
+        where = holder.location.url
+    else:
+        holder = _store.TemporaryStore(prefix="daskmask-unmask-")
+        target_store = os.path.join(holder.root, _store.SIGNALS)
+        where = target_store
+    try:
+        with storage_errors(where):
+            target = zarr.create_array(
+                store=target_store,
+                shape=signals.shape,
+                chunks=(slab, voxel_block),
+                dtype=signals.dtype,
+                compressors=_store._codec(),
+                fill_value=0,
+                zarr_format=3,
+                config={"write_empty_chunks": True},
+            )
+            da.store(aligned, target, lock=False, compute=True)
+            written = zarr.open_array(target_store, mode="r")
+            expected = int(np.prod(written.cdata_shape))
+            found = written.nchunks_initialized
+        if found != expected:
+            raise StorageError(
+                f"Only {found} of the {expected} time-slab chunks written to {where} are "
+                "visible to this process: the workers write their scratch where the client "
+                "cannot read it (no shared disk). Set the dask config "
+                "'daskmask.temporary-directory' to a folder every worker and the client "
+                "share, or write the image to an object-store URL."
+            )
+    except BaseException:
+        holder.cleanup()
+        raise
+    return written, holder, slab
 
 
 def _volumes(
@@ -163,18 +245,21 @@ def unmask_to_file(
     mask_img: Any,
     path: str | os.PathLike[str],
     *,
+    storage_options: Mapping[str, Any] | None = None,
     t_r: float | None = None,
     block_bytes: int | str | None = None,
     compresslevel: int = 1,
-) -> Path:
-    """Write masked signals to a ``.nii``/``.nii.gz`` file, volume by volume.
+) -> Path | str:
+    """Write masked signals to a ``.nii``/``.nii.gz`` file or object, volume by volume.
 
     The 4D array is never held in memory: numpy and zarr-backed signals are
     read ``slab`` rows at a time; voxel-blocked dask signals (daskmask's
     results) are computed once into a temporary Zarr store chunked by time
-    slabs, which is then read slab by slab and removed. The file is written
-    to a temporary name and renamed at the end, so an interrupted write
-    never leaves a complete-looking file.
+    slabs, which is then read slab by slab and removed. A local file is
+    written to a temporary name and renamed at the end; an object is written
+    by one upload that becomes visible only when it completes (and is
+    aborted on failure). Either way an interrupted write never leaves a
+    complete-looking file.
 
     Parameters
     ----------
@@ -183,7 +268,12 @@ def unmask_to_file(
     mask_img : path, nibabel image or DataArray
         The 3D mask.
     path : str or os.PathLike
-        Output file, ending in ``.nii`` or ``.nii.gz``.
+        Output file, ending in ``.nii`` or ``.nii.gz``: a local path or an
+        fsspec URL (``s3://bucket/sub-01_bold.nii.gz``).
+    storage_options : mapping, optional
+        File-system options for a URL (credentials, ``endpoint_url``),
+        merged over the dask config ``daskmask.storage-options``; by default
+        the file system's usual environment.
     t_r : float or None, default=None
         Repetition time for the header; None takes the step of a
         DataArray's ``time`` coordinate, else 1.
@@ -194,8 +284,8 @@ def unmask_to_file(
 
     Returns
     -------
-    pathlib.Path
-        ``path``.
+    pathlib.Path or str
+        ``path`` (absolute), or the URL.
 
     Raises
     ------
@@ -203,17 +293,23 @@ def unmask_to_file(
         For signals of the wrong shape (as :func:`unmask`).
     ValueError
         For a file name that does not end in ``.nii`` or ``.nii.gz``.
+    daskmask.exceptions.StorageError
+        The object cannot be written (missing bucket, credentials, endpoint).
 
     """
     from daskmask.datasets._writer import nifti_suffix, write_nifti_volumes
 
-    target = Path(path)
+    location = locate(path, storage_options)
+    target = Path(location.path) if location.is_local else Path(location.name)
     nifti_suffix(target)
     mask, affine = _load_mask(mask_img)
     signals = _signals_array(X)
     _check_shape(signals, int(mask.sum()))
     if signals.ndim == 1:
-        return _save_atomic(unmask(np.asarray(signals), mask_img), target)
+        image = unmask(np.asarray(signals), mask_img)
+        if location.is_local:
+            return _save_atomic(image, target)
+        return _upload_image(image, location, compresslevel)
     dtype = np.dtype(signals.dtype)
     if dtype.kind == "b":
         signals, dtype = signals.astype(np.uint8), np.dtype(np.uint8)
@@ -225,18 +321,20 @@ def unmask_to_file(
     rows: Any = signals
     if isinstance(signals, da.Array):
         voxel_block = max(1, min(n_voxels, budget // max(1, n_time * dtype.itemsize)))
-        rows, holder, slab = _to_time_slabs(signals, slab, voxel_block)
+        rows, holder, slab = _to_time_slabs(signals, slab, voxel_block, location)
+    options = {
+        "shape": tuple(mask.shape),
+        "n_timepoints": n_time,
+        "dtype": dtype,
+        "affine": affine,
+        "t_r": _time_step(X) if t_r is None else float(t_r),
+        "compresslevel": compresslevel,
+    }
+    volumes = _volumes(rows, flat_fortran_index(mask), mask.shape, dtype, slab)
     try:
-        return write_nifti_volumes(
-            target,
-            _volumes(rows, flat_fortran_index(mask), mask.shape, dtype, slab),
-            shape=tuple(mask.shape),
-            n_timepoints=n_time,
-            dtype=dtype,
-            affine=affine,
-            t_r=_time_step(X) if t_r is None else float(t_r),
-            compresslevel=compresslevel,
-        )
+        if location.is_local:
+            return write_nifti_volumes(target, volumes, **options)
+        return _stream_to_object(location, volumes, **options)
     finally:
         if holder is not None:
             holder.cleanup()
@@ -255,4 +353,90 @@ def _save_atomic(image: nib.Nifti1Image, target: Path) -> Path:
     return target
 
 
-__all__ = ["unmask", "unmask_to_file"]
+def _discard(stream: Any) -> None:
+    """Abandon an object being uploaded: abort its multipart upload, never complete it."""
+    with contextlib.suppress(Exception):
+        stream.discard()
+    with contextlib.suppress(Exception):
+        stream.closed = True  # close() would complete the upload
+
+
+def _stream_to_object(
+    location: Location,
+    volumes: Iterator[np.ndarray],
+    *,
+    shape: tuple[int, int, int],
+    n_timepoints: int,
+    dtype: np.dtype,
+    affine: np.ndarray,
+    t_r: float,
+    compresslevel: int,
+) -> str:
+    """Stream a NIfTI-1 header and volumes into one object (gzip for ``.nii.gz``).
+
+    The file system buffers a part (50 MiB for s3fs) and uploads it; the
+    object appears when the upload completes, at ``close``.
+    """
+    from daskmask.datasets._writer import (
+        _DEFAULT_WRITE_BUFFER_BYTES,
+        _open_gzip_stream,
+        _write_volume_stream,
+        build_header,
+    )
+
+    file_dtype = np.dtype(dtype).newbyteorder("<")
+    header = build_header(shape, n_timepoints, file_dtype, np.asarray(affine, dtype=float), t_r)
+    n_voxels = int(np.prod(shape))
+    chunk_volumes = max(1, _DEFAULT_WRITE_BUFFER_BYTES // max(n_voxels * file_dtype.itemsize, 1))
+    write_buffer = np.empty((min(chunk_volumes, n_timepoints), n_voxels), dtype=file_dtype)
+    with storage_errors(location.url):
+        raw = location.fs.open(location.path, "wb")
+    try:
+        with storage_errors(location.url):
+            compressed = location.name.endswith(".gz")
+            stream_context = (
+                _open_gzip_stream(raw, compresslevel)
+                if compressed
+                else contextlib.nullcontext(raw)
+            )
+            with stream_context as stream:
+                header.write_to(stream)
+                _write_volume_stream(
+                    stream, volumes, write_buffer, shape=shape, n_timepoints=n_timepoints
+                )
+            raw.close()  # completes the upload: the object appears now, whole
+    except BaseException:
+        _discard(raw)
+        raise
+    return location.url
+
+
+def _upload_image(image: nib.Nifti1Image, location: Location, compresslevel: int) -> str:
+    """Write a (3D) image held in memory as one object (one PUT: atomic)."""
+    data = image.to_bytes()
+    if location.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=compresslevel, mtime=0)
+    with storage_errors(location.url):
+        location.fs.pipe_file(location.path, data)
+    return location.url
+
+
+def load_image_file(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily: nibabel for a local path, a streamed object for a URL.
+
+    An object is read through the file system's buffered reader (ranged
+    requests); its data are read when the image's data are.
+    """
+    location = locate(path, storage_options)
+    if location.is_local:
+        return nib.load(location.path)
+    stream: Any = location.open("rb")
+    if location.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    with storage_errors(location.url):
+        return nib.Nifti1Image.from_stream(stream)
+
+
+__all__ = ["load_image_file", "unmask", "unmask_to_file"]
