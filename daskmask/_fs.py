@@ -223,7 +223,7 @@ class Location:
             try:
                 info = os.stat(self.path)
             except OSError as error:
-                raise translate_error(error, self.url) from error
+                raise translate_error(error, self.url) from None
             return FileStat(
                 size=info.st_size,
                 version=f"mtime_ns={info.st_mtime_ns},ino={info.st_ino}",
@@ -418,4 +418,7 @@ def storage_errors(url: str) -> Iterator[None]:
         translated = translate_error(error, url)
         if translated is error:
             raise
-        raise translated from error
+        # The message carries the library's words; its traceback (botocore,
+        # aiohttp internals) only hides the typed error, so it is not chained
+        # (it stays reachable as ``__context__`` for debugging).
+        raise translated from None
