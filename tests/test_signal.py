@@ -216,7 +216,22 @@ def test_cosine_already_in_user_confounds():
     ],
 )
 def test_filter_warnings(kwargs):
-    check_parity(signals((40, 20)), **kwargs)
+    x = signals((40, 20))
+    if kwargs.get("high_pass") == 0.3:
+        # A cosine basis that spans every frequency removes the whole signal:
+        # what is left is float32 rounding noise, which standardization scales
+        # to unit variance. nilearn's own result is that noise: it changes by
+        # up to 3.3 (on values of +-1.67) between two OpenBLAS kernels of one
+        # machine (OPENBLAS_CORETYPE=Haswell against SkylakeX). Compare the
+        # warnings, and that the signal itself is gone before standardizing.
+        ours, our_warnings = run_recording(clean, x, **kwargs)
+        _, their_warnings = run_recording(nsignal.clean, x, **kwargs)
+        assert our_warnings == their_warnings
+        residual, _ = run_recording(clean, x, **{**kwargs, "standardize": False})
+        assert np.abs(residual).max() < 1e-4 * np.abs(x).max()
+        assert ours.shape == x.shape and ours.dtype == x.dtype
+        return
+    check_parity(x, **kwargs)
 
 
 # --- sample_mask --------------------------------------------------------------
