@@ -1,14 +1,5 @@
-"""The temporary stores of daskmask (scratch directories) and their lifetime.
+"""The raw ``(time, voxel)`` intermediate of the extraction, in a scratch directory.
 
-Every scratch directory (``<tmp>/daskmask-extract-*`` for the time-to-voxel
-intermediate, ``daskmask-decoded-*`` for the decoded copy of a ``.nii.gz``,
-``daskmask-unmask-*``) is a :class:`TemporaryStore`: created by the client
-when a graph is built, leased to the client process (:mod:`daskmask._lease`)
-and removed when the object is garbage collected, i.e. when no graph (no lazy
-array, no masker cache) refers to it any more, or at interpreter exit.
-
-The extraction intermediate
----------------------------
 One raw ``(time, voxel)`` file, ``signals.raw``, per graph. Its tasks:
 
 * ``prepare`` creates the file at its full size if it is missing or shorter
@@ -40,126 +31,43 @@ computation that was handed to a cluster (``client.compute``,
 no longer needed: if it is collected, a read recomputed after a worker loss
 fails with a ``FileNotFoundError`` that says so.
 
-Scratch of dead processes
--------------------------
-A process killed before its finalisers run leaves its directories behind.
-Each directory carries a lease of its owner; when a store is created, the
-directories of any daskmask prefix whose owner is certainly dead (same boot of
-this machine, lock free; see :mod:`daskmask._lease`) are removed. Directories
-of live processes, in any PID namespace, and of other hosts are left alone.
+Where the intermediate lives, how long, and who removes what dead owners left:
+:mod:`daskmask._scratch` (one :class:`~daskmask._scratch.TemporaryStore` per
+graph). On a cluster whose workers do not see the client's scratch folder the
+plan uses dask's P2P rechunk instead (:mod:`daskmask.extraction._plan`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
-import weakref
 from typing import Any
 
-import dask
 import numpy as np
 
-from daskmask._lease import Lease, remove_dead
 from daskmask._rawio import read_exactly, write_exactly
+
+# The scratch directory itself (lease, lifetime, orphans) is daskmask._scratch's;
+# re-exported for the users of this module's older names (extraction._unmask).
+from daskmask._scratch import PREFIXES, TemporaryStore, remove_orphans, temporary_base
+
+__all__ = [
+    "PREFIXES",
+    "RAW",
+    "SIGNALS",
+    "TemporaryStore",
+    "barrier",
+    "prepare_store",
+    "read_columns",
+    "remove_orphans",
+    "temporary_base",
+    "write_rows",
+]
 
 #: Name of the Zarr array inside a temporary directory (unmasking).
 SIGNALS = "signals.zarr"
 #: Name of the raw ``(time, voxel)`` file of the extraction intermediate.
 RAW = "signals.raw"
-#: Name prefixes of every kind of daskmask scratch directory.
-PREFIXES = ("daskmask-extract-", "daskmask-decoded-", "daskmask-unmask-")
-
-
-def temporary_base() -> str:
-    """Return the directory temporary stores go into.
-
-    ``dask.config.get("daskmask.temporary-directory")``, else dask's
-    ``temporary-directory``, else :func:`tempfile.gettempdir`. On a
-    multi-machine cluster it must be a file system every worker shares.
-
-    Returns
-    -------
-    str
-        An existing directory (created if needed).
-
-    """
-    base = dask.config.get("daskmask.temporary-directory", None)
-    if not base:
-        base = dask.config.get("temporary-directory", None)
-    if not base:
-        base = tempfile.gettempdir()
-    base = os.path.expanduser(os.fspath(base))
-    os.makedirs(base, exist_ok=True)
-    return base
-
-
-def _remove(root: str, lease: Lease | None = None) -> None:
-    # Remove while still holding the lease, so no cleaner races the removal.
-    shutil.rmtree(root, ignore_errors=True)
-    if lease is not None:
-        lease.release()
-
-
-def remove_orphans(directory: str, prefixes: tuple[str, ...] = PREFIXES) -> list[str]:
-    """Remove the scratch directories of ``directory`` whose owner is certainly dead.
-
-    Parameters
-    ----------
-    directory : str
-        Where the stores are.
-    prefixes : tuple of str, default=PREFIXES
-        Name prefixes of the directories to consider.
-
-    Returns
-    -------
-    list of str
-        The paths removed.
-
-    """
-    return remove_dead(directory, prefixes)
-
-
-class TemporaryStore(os.PathLike):
-    """A leased temporary directory, removed when this object is collected.
-
-    Pickles as a plain ``str`` of its path, so copies sent to worker
-    processes (or in-process workers) never remove anything: only the object
-    held by the client's graph does.
-
-    Parameters
-    ----------
-    prefix : str, default="daskmask-extract-"
-        Prefix of the directory name.
-    directory : str or None, default=None
-        Parent directory; None means :func:`temporary_base`.
-
-    """
-
-    def __init__(self, prefix: str = "daskmask-extract-", directory: str | None = None) -> None:
-        directory = directory or temporary_base()
-        remove_orphans(directory, tuple(dict.fromkeys((*PREFIXES, prefix))))
-        self.root = tempfile.mkdtemp(prefix=prefix, dir=directory)
-        try:
-            lease = Lease.acquire(self.root)
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
-        self._finalizer = weakref.finalize(self, _remove, self.root, lease)
-
-    def __fspath__(self) -> str:
-        return self.root
-
-    def __repr__(self) -> str:
-        return f"TemporaryStore({self.root!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (str, (self.root,))
-
-    def cleanup(self) -> None:
-        """Remove the directory now."""
-        self._finalizer()
 
 
 def _codec() -> list[Any]:

@@ -57,8 +57,8 @@ from dask.base import tokenize
 from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
 from daskmask._fs import Location, is_url, locate
 from daskmask._rawio import read_exactly, write_exactly
+from daskmask._scratch import TemporaryStore
 from daskmask.exceptions import NiftiReadError, ScratchSpaceError, StorageError
-from daskmask.extraction._store import TemporaryStore
 from daskmask.reading._array import (
     DIRECT_ALLOCATION_BYTES,
     ProxySpec,
@@ -316,7 +316,7 @@ def decode_once(
         (``attrs["source"]``).
     store_root : str or Path
         Directory the temporary store is created in (e.g.
-        :func:`daskmask.extraction._store.temporary_base`).
+        :func:`daskmask._scratch.temporary_base`).
     chunk_volumes : int
         Volumes decoded, written and folded at a time (the store's chunks).
 
