@@ -420,11 +420,11 @@ def test_peak_memory_is_bounded_by_the_block_size(tmp_path, big_run):
 
 
 def test_stores_of_killed_processes_are_removed(tmp_path):
-    from daskmask.extraction._store import TemporaryStore
+    from daskmask._scratch import TemporaryStore
 
     script = (
         "import os, signal, sys\n"
-        "from daskmask.extraction._store import TemporaryStore\n"
+        "from daskmask._scratch import TemporaryStore\n"
         "store = TemporaryStore(directory=sys.argv[1])\n"
         "print(store.root, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)  # no finaliser runs\n"

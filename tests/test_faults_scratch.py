@@ -23,12 +23,12 @@ import pytest
 
 from daskmask._lease import LOCK_FILE, RECORD_FILE, Lease, owner_is_dead, read_record
 from daskmask._lease import remove_if_dead as lease_remove_if_dead
-from daskmask.extraction._store import TemporaryStore
+from daskmask._scratch import TemporaryStore
 
 _HOLD = textwrap.dedent(
     """
     import os, sys, time
-    from daskmask.extraction._store import TemporaryStore
+    from daskmask._scratch import TemporaryStore
     store = TemporaryStore(directory=sys.argv[1])
     print(store.root, os.getpid(), flush=True)
     time.sleep(120)
@@ -84,7 +84,7 @@ _IN_NAMESPACE = textwrap.dedent(
         handle.write(str(int(sys.argv[2]) - 1))
     child = os.fork()
     if child == 0:
-        from daskmask.extraction._store import TemporaryStore
+        from daskmask._scratch import TemporaryStore
         store = TemporaryStore(directory=sys.argv[1])
         print(store.root, os.getpid(), flush=True)
         time.sleep(120)

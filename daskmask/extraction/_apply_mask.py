@@ -4,8 +4,9 @@ Stage 1 maps one task over each time chunk: the slab ``(x, y, z, t)`` becomes
 ``(t, n_voxels)`` in nilearn's voxel order (C order of ``np.nonzero(mask)``).
 The reorganisation into ``(all time, voxel_block)`` blocks then follows an
 :class:`~daskmask.extraction._plan.ExtractionPlan`: an in-graph rechunk for
-runs that fit in the byte budget, or a temporary raw file otherwise
-(see :mod:`daskmask.extraction._store` for its lifetime).
+runs that fit in the byte budget; otherwise a temporary raw file in scratch
+(see :mod:`daskmask.extraction._store`) when every worker sees the client's
+scratch folder, or distributed's P2P rechunk when they do not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -22,8 +24,10 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskmask._memory import total_threads
+from daskmask._scratch import TemporaryStore, current_client, scratch_is_shared
 from daskmask.extraction import _store
 from daskmask.extraction._plan import (
+    STRATEGY_KEY,
     ExtractionPlan,
     StrategyRequest,
     plan_extraction,
@@ -163,16 +167,22 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
     dask.array.Array
         Lazy ``(time, voxel)`` array chunked ``((n_timepoints,), plan.voxel_chunks)``.
         With the intermediate strategy its graph is one preparation task, one
-        write per time chunk, a barrier and one read per voxel block.
+        write per time chunk, a barrier and one read per voxel block; with
+        ``"p2p"`` it is distributed's P2P rechunk.
 
     """
     target = {0: -1, 1: plan.voxel_chunks}
     if plan.strategy == "in-memory":
         return masked.rechunk(target, method="tasks")
+    if plan.strategy == "p2p":
+        # Pieces of slabs go from worker to worker and spill to each worker's
+        # own disk (distributed's shuffle extension): nothing another worker
+        # must read from a file. A worker lost mid-way restarts the exchange.
+        return masked.rechunk(target, method="p2p")
     if masked.numblocks[1] != 1:
         masked = masked.rechunk({1: -1})
     n_time, n_voxels = masked.shape
-    store = _store.TemporaryStore()
+    store = TemporaryStore()
     dtype = masked.dtype.str
     token = tokenize(masked.name, plan, store.root)
     prepare = "daskmask-intermediate-prepare-" + token
@@ -285,8 +295,9 @@ def extract_signals(
         Replace non-finite values by 0.
     block_bytes : int, str or None, default=None
         Memory budget of one task; None means the task budget (:mod:`daskmask._memory`).
-    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
-        See :func:`~daskmask.extraction._plan.plan_extraction`.
+    strategy : {"auto", "in-memory", "intermediate", "p2p"}, default="auto"
+        See :func:`~daskmask.extraction._plan.plan_extraction`; ``"auto"``
+        follows the dask config ``daskmask.reorganise`` (``"auto"`` unless set).
     voxel_block : int or None, default=None
         Voxels per output block; None: as many as fit in ``block_bytes``.
 
@@ -331,6 +342,9 @@ def extract_signals(
     masked = mask_slabs(data, mask, out_dtype, ensure_finite)
     if single_volume:
         return masked[0].rechunk(-1) if voxel_block is None else masked[0].rechunk(voxel_block)
+    if strategy == "auto":
+        strategy = dask.config.get(STRATEGY_KEY, "auto") or "auto"
+    distributed, shared = _where_it_runs(strategy)
     plan = plan_extraction(
         masked.shape[0],
         masked.chunks[0],
@@ -340,8 +354,24 @@ def extract_signals(
         strategy=strategy,
         voxel_block=voxel_block,
         parallelism=total_threads(),
+        distributed=distributed,
+        scratch_shared=shared,
     )
     return to_voxel_blocks(masked, plan)
+
+
+def _where_it_runs(strategy: str) -> tuple[bool, bool]:
+    """Return the facts the plan needs: (a distributed client, scratch seen by every worker).
+
+    The probe of :func:`~daskmask._scratch.scratch_is_shared` (one round
+    trip, cached per cluster) runs only when the plan may use its answer.
+    """
+    client = current_client()
+    if client is None:
+        return False, True
+    if strategy != "auto":
+        return True, True
+    return True, scratch_is_shared(client)
 
 
 def apply_mask(
@@ -374,8 +404,9 @@ def apply_mask(
     block_bytes : int, str or None, default=None
         Memory budget of one task (by default the task budget of :mod:`daskmask._memory`):
         every read, stage-1 and stage-2 task stays within it.
-    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
-        Force a strategy (see :func:`~daskmask.extraction._plan.plan_extraction`).
+    strategy : {"auto", "in-memory", "intermediate", "p2p"}, default="auto"
+        Force a strategy (see :func:`~daskmask.extraction._plan.plan_extraction`);
+        ``"auto"`` follows the dask config ``daskmask.reorganise``.
     voxel_block : int or None, default=None
         Voxels per output block.
 

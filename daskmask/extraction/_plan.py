@@ -10,10 +10,21 @@ This module decides, from sizes alone, how to do it within a byte budget:
     (the rechunk holds every slab until every block has its piece, so its
     memory is the whole run).
 ``"intermediate"``
-    Otherwise: stage 1 writes each masked slab as contiguous rows of a
+    Otherwise, when every process that computes sees the client's scratch
+    folder (dask's threads, a ``LocalCluster``, a cluster on a shared file
+    system): stage 1 writes each masked slab as contiguous rows of a
     temporary raw ``(time, voxel)`` file; stage 2 reads one
     ``(all time, voxel_block)`` block per task. Each task then holds one slab
     or one block, never the run.
+``"p2p"``
+    Otherwise, on a distributed cluster whose workers do not see that folder
+    (pods, nodes without a shared file system): dask's P2P rechunk
+    (distributed's shuffle extension), which moves pieces of slabs between
+    workers over the network and spills them to each worker's own disk.
+    Each worker holds its share of pieces and its output blocks, not the run.
+
+The facts (distributed or not, scratch shared or not) are inputs: the plan
+does no I/O. ``dask.config.set({"daskmask.reorganise": ...})`` forces one.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ from typing import Literal
 from daskmask._memory import as_bytes
 from daskmask.reading._chunks import default_chunk_bytes
 
-Strategy = Literal["in-memory", "intermediate"]
-StrategyRequest = Literal["auto", "in-memory", "intermediate"]
+Strategy = Literal["in-memory", "intermediate", "p2p"]
+StrategyRequest = Literal["auto", "in-memory", "intermediate", "p2p"]
 
-_STRATEGIES = ("auto", "in-memory", "intermediate")
+_STRATEGIES = ("auto", "in-memory", "intermediate", "p2p")
+#: Configuration key that forces a strategy (``"auto"`` by default).
+STRATEGY_KEY = "daskmask.reorganise"
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,8 @@ class ExtractionPlan:
     :mod:`daskmask.extraction._apply_mask`.
     """
 
-    #: ``"in-memory"`` (dask rechunk in the graph) or ``"intermediate"`` (raw file).
+    #: ``"in-memory"`` (dask rechunk in the graph), ``"intermediate"`` (raw file in
+    #: scratch) or ``"p2p"`` (distributed's P2P rechunk).
     strategy: Strategy
     #: Number of time points of the run.
     n_timepoints: int
@@ -156,6 +170,8 @@ def plan_extraction(
     strategy: StrategyRequest = "auto",
     voxel_block: int | None = None,
     parallelism: int = 1,
+    distributed: bool = False,
+    scratch_shared: bool = True,
 ) -> ExtractionPlan:
     """Choose the voxel block size and the strategy of the time-to-voxel reorganisation.
 
@@ -171,9 +187,11 @@ def plan_extraction(
         Bytes per value of the masked signals.
     block_bytes : int, str or None, default=None
         Byte budget of one task; None means :func:`daskmask._memory.task_budget_bytes`.
-    strategy : {"auto", "in-memory", "intermediate"}, default="auto"
+    strategy : {"auto", "in-memory", "intermediate", "p2p"}, default="auto"
         ``"auto"`` picks ``"in-memory"`` when the whole masked run fits in
-        ``block_bytes`` and ``"intermediate"`` otherwise; the others force it.
+        ``block_bytes``; otherwise ``"p2p"`` on a distributed cluster whose
+        workers do not share the scratch folder, and ``"intermediate"``
+        everywhere else. The others force it.
     voxel_block : int or None, default=None
         Voxels per block; None chooses the largest block of ``n_timepoints``
         values per voxel that fits in ``block_bytes`` (at least one voxel).
@@ -181,6 +199,12 @@ def plan_extraction(
         Threads that will clean the blocks. When the run needs several
         blocks, their number is rounded up to a multiple of it (each block
         shrinks a little) so that the last round keeps every thread busy.
+    distributed : bool, default=False
+        Whether a ``distributed`` client will compute the graph (``"p2p"``
+        needs one).
+    scratch_shared : bool, default=True
+        Whether every process that computes sees the client's scratch folder
+        (:func:`daskmask._scratch.scratch_is_shared`).
 
     Returns
     -------
@@ -191,7 +215,8 @@ def plan_extraction(
     ------
     ValueError
         For negative sizes, chunks that do not sum to ``n_timepoints``, an
-        unknown strategy or a non-positive ``voxel_block``.
+        unknown strategy, a non-positive ``voxel_block``, or ``"p2p"``
+        without a distributed client.
 
     """
     budget = resolve_block_bytes(block_bytes)
@@ -207,7 +232,16 @@ def plan_extraction(
             f"{n_timepoints}."
         )
     if strategy not in _STRATEGIES:
-        raise ValueError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}.")
+        raise ValueError(
+            f"The time-to-voxel reorganisation must be one of {_STRATEGIES} (argument "
+            f"'strategy' or dask config '{STRATEGY_KEY}'); got {strategy!r}."
+        )
+    if strategy == "p2p" and not distributed:
+        raise ValueError(
+            "The 'p2p' reorganisation is distributed's P2P rechunk: it needs a "
+            "distributed.Client (daskmask.connect()). Without one, use 'auto' "
+            f"(dask config '{STRATEGY_KEY}')."
+        )
     if voxel_block is None:
         per_voxel = max(1, n_timepoints * itemsize)
         voxel_block = max(1, min(max(n_voxels, 1), budget // per_voxel))
@@ -221,7 +255,12 @@ def plan_extraction(
     chosen: Strategy
     if strategy == "auto":
         fits = n_timepoints * n_voxels * itemsize <= budget
-        chosen = "in-memory" if fits or n_voxels == 0 or n_timepoints == 0 else "intermediate"
+        if fits or n_voxels == 0 or n_timepoints == 0:
+            chosen = "in-memory"
+        elif distributed and not scratch_shared:
+            chosen = "p2p"
+        else:
+            chosen = "intermediate"
     else:
         chosen = strategy
     return ExtractionPlan(
@@ -256,6 +295,7 @@ def n_stage_tasks(plan: ExtractionPlan) -> int:
 
 
 __all__ = [
+    "STRATEGY_KEY",
     "ExtractionPlan",
     "Strategy",
     "StrategyRequest",
