@@ -170,7 +170,7 @@ _shared_lock = threading.Lock()
 
 
 def _cluster_identity(client: Any, base: str) -> tuple[Any, ...] | None:
-    """The scheduler, its workers and the scratch folder, or None if no worker is known."""
+    """Return the scheduler, its workers and the scratch folder (None: no worker known)."""
     workers = tuple(sorted(client.scheduler_info(n_workers=-1).get("workers", {})))
     if not workers:
         return None
