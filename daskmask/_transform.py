@@ -20,7 +20,6 @@ import xarray as xr
 from daskmask._hv_confounds import run_high_variance_confounds
 from daskmask._logging import describe_images, log
 from daskmask._provenance import input_provenance
-from daskmask._signals_array import signals_dataarray
 from daskmask.exceptions import DimensionError
 from daskmask.extraction import (
     extract_signals,
@@ -32,8 +31,10 @@ from daskmask.extraction import (
 )
 from daskmask.extraction._unmask import load_image_file
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import file_source, source_key, with_time_chunks
+from daskmask.reading._decode import with_time_chunks
 from daskmask.signal import clean
+from daskmask.signals import NAME as SIGNALS_NAME
+from daskmask.signals import check_signals, signals_dataarray
 
 if TYPE_CHECKING:
     from daskmask.masker import NiftiMasker
@@ -105,14 +106,15 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
     The budget is :func:`daskmask._memory.task_budget_bytes`; a read task holds one time
     chunk plus its resampled/smoothed copy and its masked rows. A DataArray
     the user opened keeps the chunks the user chose. A .nii.gz that ``fit``
-    already decoded (``masker._decoded_cache``, same path, size and mtime) is
-    read from the decoded copy instead of being inflated again.
+    already decoded (the masker's fitted run, same file version) is read
+    from the decoded copy instead of being inflated again.
 
     Also returns the mean over time ``fit`` computed from the same file
-    version (``masker._mean_cache``), or None.
+    version, or None.
     """
     run = open_nifti(imgs)
-    mean, decoded = _kept_by_fit(masker, run)
+    fitted_run = masker._fitted_run
+    mean, decoded = (None, None) if fitted_run is None else fitted_run.kept_for(run)
     if isinstance(imgs, xr.DataArray) or run.ndim != 4:
         if decoded is not None:
             return _with_data(run, decoded, max(run.data.chunks[-1])), mean
@@ -130,29 +132,6 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
     if decoded is not None:
         return _with_data(run, decoded, volumes), mean
     return open_nifti(imgs, chunks=volumes), mean
-
-
-def _kept_by_fit(
-    masker: NiftiMasker, run: xr.DataArray
-) -> tuple[np.ndarray | None, xr.DataArray | None]:
-    """Return the mean and the decoded copy ``fit`` kept for this very file, if any.
-
-    Both caches are keyed by the file's path, size and modification time
-    (:func:`~daskmask.reading._decode.source_key`), and only a run read
-    unchanged from one file (:func:`~daskmask.reading._decode.file_source`)
-    can use them.
-    """
-    path = file_source(run)
-    if path is None:
-        return None, None
-    key = source_key(path)
-
-    def kept(cache: tuple[Any, Any] | None) -> Any:
-        return cache[1] if cache is not None and cache[0] == key else None
-
-    return kept(getattr(masker, "_mean_cache", None)), kept(
-        getattr(masker, "_decoded_cache", None)
-    )
 
 
 def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunk_volumes: int) -> xr.DataArray:
@@ -287,10 +266,12 @@ def _kept_times(run: xr.DataArray, sample_mask: Any, n_kept: int) -> np.ndarray:
 
 def _signals_values(X: Any) -> Any:
     """Return the array inside ``X``: a store's or a DataArray's signals, or X itself."""
-    signals = getattr(X, "signals", None)
+    signals = getattr(X, SIGNALS_NAME, None)
     if isinstance(signals, xr.DataArray):
         X = signals
     if isinstance(X, xr.DataArray):
+        if X.name == SIGNALS_NAME:
+            check_signals(X)  # daskmask's own signals: hold them to the contract
         return X.data
     if hasattr(X, "to_numpy") and not isinstance(X, (np.ndarray, da.Array)):
         return X.to_numpy()  # pandas / polars

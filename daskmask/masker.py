@@ -19,16 +19,15 @@ import xarray as xr
 from sklearn.base import BaseEstimator
 
 from daskmask import _params
+from daskmask._fitted_run import FittedRun
 from daskmask._logging import describe_images, log, logged_method, logging_as
 from daskmask._transform import extract_and_clean, signals_to_image
 from daskmask.exceptions import NotFittedError
-from daskmask.extraction._store import temporary_base
 from daskmask.image import resample_img
-from daskmask.masking._mean import mean_volume, precomputed_mean_image
+from daskmask.masking._mean import precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
 from daskmask.masking.strategies import get_strategy
 from daskmask.reading import open_nifti
-from daskmask.reading._decode import decode_once, file_source, is_gzip_file, source_key
 
 _STANDARDIZE_OPTIONS = ("zscore_sample", "psc", True, False, None)
 
@@ -214,7 +213,7 @@ class NiftiMasker(BaseEstimator):
             data = open_nifti(imgs)
 
         mask_img = self._load_user_mask()
-        decoded_cache = mean_cache = None
+        fitted_run = None
         if mask_img is None:
             if data is None:
                 raise ValueError(
@@ -222,7 +221,7 @@ class NiftiMasker(BaseEstimator):
                     "if no mask is passed to mask_img."
                 )
             log("Computing mask", self.verbose)
-            mask_img, decoded_cache, mean_cache = self._compute_mask(data)
+            mask_img, fitted_run = self._compute_mask(data)
         elif data is not None:
             warnings.warn(
                 f"[{type(self).__name__}.fit] Generation of a mask has been requested "
@@ -249,10 +248,8 @@ class NiftiMasker(BaseEstimator):
         self.mask_img_ = nib.Nifti1Image(mask.astype(np.uint8), mask_img.affine)
         self.affine_ = np.array(mask_img.affine, dtype=float)
         self.n_elements_ = int(mask.sum())
-        if decoded_cache is not None:
-            self._decoded_cache = decoded_cache
-        if mean_cache is not None:
-            self._mean_cache = mean_cache
+        # What transform may reuse of the fitted run (its mean, its decoded copy).
+        self._fitted_run: FittedRun | None = fitted_run
         if self.reports:
             self._reporting_data = {
                 "images": data,
@@ -378,8 +375,7 @@ class NiftiMasker(BaseEstimator):
             "n_elements_",
             "clean_args_",
             "_reporting_data",
-            "_decoded_cache",
-            "_mean_cache",
+            "_fitted_run",
         ):
             self.__dict__.pop(name, None)
 
@@ -393,46 +389,36 @@ class NiftiMasker(BaseEstimator):
         load_mask_img(mask_img, allow_empty=False)
         return mask_img
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The decoded copy of a .nii.gz is a temporary of this process.
-        state = dict(super().__getstate__())
-        state.pop("_decoded_cache", None)
-        return state
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "mask_img_" in self.__dict__:
+            # Pickles of older versions kept no fitted run.
+            self.__dict__.setdefault("_fitted_run", None)
 
-    def _compute_mask(
-        self, data: xr.DataArray
-    ) -> tuple[nib.Nifti1Image, tuple[Any, xr.DataArray] | None, tuple[Any, np.ndarray] | None]:
-        """Compute the mask of ``data``; also return the decoded-run and mean caches.
+    def _compute_mask(self, data: xr.DataArray) -> tuple[nib.Nifti1Image, FittedRun | None]:
+        """Compute the mask of ``data``; also return what transform may reuse of the run.
 
-        A mean-based strategy on a run read from one file computes the mean
-        over time here, keyed by the file's path, size and modification time
-        (``transform`` of the same file reuses it for the signals' mean image
-        instead of reducing the run again). On a .nii.gz the mean comes from
-        one inflate pass (:func:`~daskmask.reading._decode.decode_once`) whose
-        decoded copy serves ``transform`` too.
+        A mean-based strategy on a run read from one file or object computes
+        the mean over time once, in a :class:`~daskmask._fitted_run.FittedRun`
+        that records the run's version (``transform`` of the same version
+        reuses the mean for the signals' mean image, and the decoded copy of a
+        ``.nii.gz`` instead of inflating it again).
         """
         strategy = get_strategy(self.mask_strategy)
         mask_function, fixed_args = strategy.compute, strategy.fixed_args
         mask_args = _supported_mask_args(
             mask_function, fixed_args, self.mask_args or {}, self.mask_strategy
         )
-        image, decoded_cache, mean_cache = data, None, None
-        path = None
+        image, fitted_run = data, None
         if strategy.uses_mean and isinstance(data, xr.DataArray):
-            path = file_source(data)
-        if path is not None:
-            key = source_key(path)
-            if is_gzip_file(path):
-                volumes = data.chunks[3][0] if data.chunks else data.shape[3]
-                decoded, mean = decode_once(data, temporary_base(), chunk_volumes=volumes)
-                decoded_cache = (key, decoded)
-            else:
-                mean = mean_volume(data)
-            image, mean_cache = precomputed_mean_image(mean, data), (key, mean)
+            volumes = data.chunks[3][0] if data.chunks and data.ndim == 4 else data.shape[-1]
+            fitted_run = FittedRun.from_run(data, chunk_volumes=volumes)
+        if fitted_run is not None:
+            image = precomputed_mean_image(fitted_run.mean, data)
         mask_img = mask_function(
             image, verbose=max(0, int(self.verbose) - 1), **fixed_args, **mask_args
         )
-        return mask_img, decoded_cache, mean_cache
+        return mask_img, fitted_run
 
 
 def _supported_mask_args(

@@ -131,7 +131,7 @@ def _graph_layers(signals) -> list[str]:
 def test_fit_transform_equals_nilearn(generated_run, strategy, target_affine):
     params = {"mask_strategy": strategy, "target_affine": target_affine}
     ours = dm.NiftiMasker(**params).fit(generated_run)
-    assert ours._decoded_cache is not None
+    assert ours._fitted_run.decoded is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = NilearnNiftiMasker(**params).fit(generated_run)
@@ -152,7 +152,7 @@ def test_transform_reads_the_decoded_copy_only(tmp_path):
     expected = np.asarray(dm.NiftiMasker(mask_img=reference.mask_img_).fit().transform(path))
 
     masker = dm.NiftiMasker(mask_strategy="epi").fit(path)
-    store = masker._decoded_cache[1].attrs["decoded_store"]
+    store = masker._fitted_run.decoded.attrs["decoded_store"]
     _corrupt_data_keep_stat(path)
     with pytest.raises(EOFError), gzip.open(path) as stream:
         stream.read()  # the .gz itself is no longer readable
@@ -173,17 +173,17 @@ def test_transform_reads_the_decoded_copy_only(tmp_path):
 def test_cache_invalidated_replaced_on_refit_and_not_pickled(tmp_path):
     path = str(generate_epi(tmp_path / "run.nii.gz", shape=(12, 14, 10), n_timepoints=12, seed=3))
     masker = dm.NiftiMasker().fit(path)
-    first = masker._decoded_cache[1].attrs["decoded_store"]
+    first = masker._fitted_run.decoded.attrs["decoded_store"]
     masker.fit(path)
-    second = masker._decoded_cache[1].attrs["decoded_store"]
+    second = masker._fitted_run.decoded.attrs["decoded_store"]
     assert first != second
     gc.collect()
     assert not os.path.exists(os.path.dirname(first))
 
     restored = pickle.loads(pickle.dumps(masker))
-    assert not hasattr(restored, "_decoded_cache")
+    assert restored._fitted_run.decoded is None
     assert restored.n_elements_ == masker.n_elements_
-    assert not hasattr(clone(masker), "_decoded_cache")
+    assert not hasattr(clone(masker), "_fitted_run")
 
     # A changed file (new mtime) is read again, not taken from the cache.
     stat = os.stat(path)
@@ -209,7 +209,7 @@ def test_other_fits_keep_the_old_path(tmp_path, params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         masker = dm.NiftiMasker(**params).fit(path)
-    assert not hasattr(masker, "_decoded_cache")
+    assert masker._fitted_run is None
     plain = str(generate_epi(tmp_path / "run.nii", shape=(12, 14, 10), n_timepoints=6, seed=4))
-    assert not hasattr(dm.NiftiMasker().fit(plain), "_decoded_cache")
-    assert not hasattr(dm.NiftiMasker().fit([path, path]), "_decoded_cache")
+    assert dm.NiftiMasker().fit(plain)._fitted_run.decoded is None
+    assert dm.NiftiMasker().fit([path, path])._fitted_run is None
