@@ -13,7 +13,7 @@ LATEST_VENV ?= .venv-latest
 
 BENCH_INPUTS ?= walkthrough hcp-nii hcp-gz hcp-2x
 
-.PHONY: demo test test-latest lock bench lint format clean browser
+.PHONY: demo test test-quick test-latest lock bench lint format clean browser
 
 demo: $(STAMP)
 	$(BIN)/python -m daskmask demo
@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check daskmask tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everyday work: the tests that need no cluster, browser or large file (a few minutes).
+test-quick: $(STAMP)
+	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
 
 # daskmask against nilearn and the machine (benchmarks/README.md); BENCH_INPUTS=huge for 30 GB.
 bench: $(STAMP)

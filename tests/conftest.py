@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -16,6 +17,52 @@ from daskmask.datasets import generate_epi
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+#: Fixtures that make a test heavy, by marker: `make test-quick` deselects these markers.
+_FIXTURE_MARKERS = {
+    "big_run": "slow",
+    "isolated_cluster": "cluster",
+    "s3_server_with_auth": "cluster",
+}
+#: Modules whose every test drives a browser or a notebook kernel, or starts clusters.
+_MODULE_MARKERS = {
+    "test_browser": "browser",
+    "test_notebooks": "browser",
+    "test_dashboard": "browser",
+    "test_benchmarks": "slow",
+    "test_cluster": "cluster",
+    "test_isolated_cluster": "cluster",
+    "test_shared_nothing": "cluster",
+}
+#: Code in a test (or its module's fixtures) that starts distributed processes.
+_CLUSTER_CODE = ("LocalCluster(", "Client(", "isolated_cluster", "unshare")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark heavy tests so that `make test-quick` can leave them out."""
+    for item in items:
+        markers = {
+            _FIXTURE_MARKERS[name] for name in item.fixturenames if name in _FIXTURE_MARKERS
+        }
+        module = item.module.__name__ if item.module else ""
+        if module in _MODULE_MARKERS:
+            markers.add(_MODULE_MARKERS[module])
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function else ""
+        except (OSError, TypeError):
+            source = ""
+        fixture_sources = [
+            inspect.getsource(definition.func)
+            for name in item.fixturenames
+            for definition in item._fixtureinfo.name2fixturedefs.get(name, ())
+            if getattr(definition, "func", None) and definition.baseid
+        ]
+        if any(code in text for text in [source, *fixture_sources] for code in _CLUSTER_CODE):
+            markers.add("cluster")
+        for marker in sorted(markers):
+            item.add_marker(marker)
+
 
 #: The larger-than-the-allowance run of the memory tests: 64x64x40 int16 volumes.
 BIG_RUN_SHAPE = (64, 64, 40)
