@@ -20,11 +20,13 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Everyday work: the tests that need no cluster, browser or large file (a few minutes).
 test-quick: $(STAMP)
 	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
 
 # daskmask against nilearn and the machine (benchmarks/README.md); BENCH_INPUTS=huge for 30 GB.
@@ -33,6 +35,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daskmask tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check daskmask tests benchmarks
 
 format: $(STAMP)

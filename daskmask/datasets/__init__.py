@@ -9,7 +9,7 @@ from daskmask.datasets._generator import (
     iter_epi_volumes,
 )
 from daskmask.datasets._sample import load_sample, sample_paths
-from daskmask.datasets._writer import write_nifti_volumes
+from daskmask.reading._writer import write_nifti_volumes
 
 __all__ = [
     "epi_tissue_maps",

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from daskmask.datasets._phantom import build_anatomy, build_modulation_maps
 from daskmask.datasets._timeseries import TemporalModel, build_temporal_model
-from daskmask.datasets._writer import nifti_suffix, write_nifti_volumes
+from daskmask.reading._writer import nifti_suffix, write_nifti_volumes
 
 EpiKind = Literal["raw", "skull-stripped"]
 

@@ -297,7 +297,7 @@ def unmask_to_file(
         The object cannot be written (missing bucket, credentials, endpoint).
 
     """
-    from daskmask.datasets._writer import nifti_suffix, write_nifti_volumes
+    from daskmask.reading._writer import nifti_suffix, write_nifti_volumes
 
     location = locate(path, storage_options)
     target = Path(location.path) if location.is_local else Path(location.name)
@@ -377,7 +377,7 @@ def _stream_to_object(
     The file system buffers a part (50 MiB for s3fs) and uploads it; the
     object appears when the upload completes, at ``close``.
     """
-    from daskmask.datasets._writer import (
+    from daskmask.reading._writer import (
         _DEFAULT_WRITE_BUFFER_BYTES,
         _open_gzip_stream,
         _write_volume_stream,
