@@ -178,7 +178,9 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
         # Pieces of slabs go from worker to worker and spill to each worker's
         # own disk (distributed's shuffle extension): nothing another worker
         # must read from a file. A worker lost mid-way restarts the exchange.
-        return masked.rechunk(target, method="p2p")
+        # block_size_limit: distributed merges small slabs before the exchange, by
+        # default up to array.chunk-size (128 MiB); the plan's budget bounds them.
+        return masked.rechunk(target, method="p2p", block_size_limit=plan.block_bytes)
     if masked.numblocks[1] != 1:
         masked = masked.rechunk({1: -1})
     n_time, n_voxels = masked.shape

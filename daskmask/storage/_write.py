@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import dask
 import xarray as xr
 from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec
@@ -186,17 +185,20 @@ def save(
         # errors of a storage library, raised in the client or a worker, become typed
         network = contextlib.nullcontext() if location.is_local else storage_errors(location.url)
         with network:
-            pending = dataset.to_zarr(
+            # compute=True: one computation of every array, as dask.compute of the
+            # delayed of compute=False, which dask breaks (keys renamed, graph not)
+            # when the graph holds a P2P rechunk (the reorganisation on a cluster
+            # without a shared disk, daskmask.extraction).
+            dataset.to_zarr(
                 target.store,
                 mode=target.mode,
-                compute=False,
+                compute=True,
                 zarr_format=3,
                 consolidated=False,
                 encoding=encoding,
                 # every chunk written, even one of fill values only: a missing chunk is damage
                 write_empty_chunks=True,
             )
-            dask.compute(pending)
         backend.commit(target, overwrite)
     except BaseException as error:
         backend.abort(target, error)
