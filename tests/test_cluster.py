@@ -119,3 +119,20 @@ def test_demo_runs_on_the_chosen_scheduler(scheduler, scheduler_address, tmp_pat
         assert first.startswith("Dask dashboard:")
     assert "Detrended: mean 0.00, std 0.00" in completed.stdout
     assert dm.open_results(output).signals.shape == (2, 84767)
+
+
+def test_a_local_cluster_shares_the_scratch_folder(scheduler_address, run_path, tmp_path):
+    import dask
+
+    from daskmask._scratch import scratch_is_shared
+
+    config = {"daskmask.temporary-directory": str(tmp_path), "daskmask.block-bytes": "16KiB"}
+    with Client(scheduler_address) as client, dask.config.set(config):
+        assert scratch_is_shared(client) is True
+        assert scratch_is_shared() is True  # cached: no token file is left behind
+        assert [p.name for p in tmp_path.iterdir()] == []
+        signals = dm.NiftiMasker(**PARAMS).fit_transform(run_path)
+        layers = [str(name) for name in signals.data.__dask_graph__().layers]
+    # Workers on this machine read the raw intermediate: no P2P exchange.
+    assert any(name.startswith("daskmask-voxel-blocks") for name in layers)
+    assert not any("p2p" in name for name in layers)

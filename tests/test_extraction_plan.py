@@ -126,3 +126,34 @@ def test_block_count_is_a_multiple_of_the_threads(n_voxels, parallelism, expecte
     # HCP-like: 1200 float32 time points, 128 MiB blocks -> 5 blocks of 27,962 voxels alone
     plan = plan_extraction(1200, (1200,), n_voxels, 4, 128 * 2**20, parallelism=parallelism)
     assert plan.n_blocks == expected_blocks
+
+
+# --- the facts of where it runs ---------------------------------------------------------
+
+#: A run that does not fit in the budget: 100 time points x 1000 voxels x 4 bytes > 1 KiB.
+LARGE = dict(n_timepoints=100, time_chunks=(50, 50), n_voxels=1000, itemsize=4, block_bytes=1024)
+
+
+@pytest.mark.parametrize(
+    ("distributed", "shared", "chosen"),
+    [(False, True, "intermediate"), (True, True, "intermediate"), (True, False, "p2p")],
+)
+def test_auto_follows_who_sees_the_scratch_folder(distributed, shared, chosen):
+    plan = plan_extraction(**LARGE, distributed=distributed, scratch_shared=shared)
+    assert plan.strategy == chosen
+    # A run that fits is rechunked in the graph wherever it runs.
+    small = plan_extraction(**{**LARGE, "block_bytes": 2**20}, distributed=distributed)
+    assert small.strategy == "in-memory"
+
+
+@pytest.mark.parametrize("forced", ["in-memory", "intermediate", "p2p"])
+def test_a_forced_strategy_wins_over_the_facts(forced):
+    plan = plan_extraction(**LARGE, strategy=forced, distributed=True, scratch_shared=True)
+    assert plan.strategy == forced
+
+
+def test_p2p_needs_a_distributed_client():
+    with pytest.raises(ValueError, match=r"distributed\.Client.*daskmask\.reorganise"):
+        plan_extraction(**LARGE, strategy="p2p", distributed=False)
+    with pytest.raises(ValueError, match="daskmask.reorganise"):
+        plan_extraction(**LARGE, strategy="files")

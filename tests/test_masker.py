@@ -403,3 +403,45 @@ def test_transform_reuses_the_mean_fit_computed_from_the_same_file(tmp_path, suf
     lazy = masker.transform(path).attrs["mean_image"]
     assert isinstance(lazy, da.Array)
     np.testing.assert_array_equal(lazy.compute(), expected)
+
+
+# --- the signals contract and the fitted run ----------------------------------------------
+
+
+def test_signals_follow_the_one_contract(run_path):
+    from daskmask import signals as contract
+
+    X = NiftiMasker().fit_transform(run_path)
+    assert contract.check_signals(X, require_attrs=True) is X
+    assert X.name == contract.NAME and X.dims == contract.DIMS
+    assert set(contract.INDEX_COORDS + contract.WORLD_COORDS) <= set(X.coords)
+    assert set(contract.JSON_ATTRS) <= set(X.attrs) and contract.MEAN_ATTR in X.attrs
+    with pytest.raises(DimensionError, match=r"dims \('time', 'voxel'\)"):
+        contract.check_signals(X.rename({"voxel": "feature"}))
+    with pytest.raises(DimensionError, match="along 'voxel'"):
+        contract.check_signals(X.assign_coords(i=("time", np.arange(X.shape[0]))))
+    with pytest.raises(DimensionError, match="affine"):
+        contract.check_signals(X.drop_attrs(), require_attrs=True)
+    # A consumer holds daskmask's own signals to it.
+    masker = NiftiMasker().fit(run_path)
+    with pytest.raises(DimensionError, match="dims"):
+        masker.inverse_transform(X.rename({"voxel": "feature"}))
+
+
+def test_fit_keeps_one_fitted_run(run_path, tmp_path):
+    masker = NiftiMasker().fit(run_path)
+    fitted = masker._fitted_run
+    assert fitted.decoded is not None  # a .nii.gz, scratch seen by every thread
+    run = open_nifti(run_path)
+    mean, decoded = fitted.kept_for(run)
+    assert mean is fitted.mean and decoded is fitted.decoded
+    # Pickled: the identity and the mean, never the decoded copy (a temporary of this process).
+    restored = pickle.loads(pickle.dumps(masker))._fitted_run
+    assert restored.key == fitted.key and np.array_equal(restored.mean, fitted.mean)
+    assert restored.decoded is None
+    # Another version of the file gets nothing of the fit.
+    copy = tmp_path / "run.nii.gz"
+    copy.write_bytes(Path(run_path).read_bytes())
+    assert fitted.kept_for(open_nifti(copy)) == (None, None)
+    # A mask given by the user: nothing computed, nothing kept.
+    assert NiftiMasker(mask_img=masker.mask_img_).fit()._fitted_run is None
