@@ -10,7 +10,9 @@ work is kept in one :class:`FittedRun`, held by the masker in one attribute:
 * the mean, reused as the signals' mean image instead of reducing the run
   again;
 * for a ``.nii.gz``, the handle of the decoded copy in scratch (one inflate
-  pass serves ``fit`` and ``transform``), when there is one.
+  pass serves ``fit`` and ``transform``), when there is one; for a ``.nii``
+  object read by this process, its local copy (fetched once:
+  :func:`~daskmask.reading._decode.fetches_once`).
 
 ``transform`` asks :meth:`FittedRun.kept_for` with the run it reads: a
 different file, or the same file in another version, gets nothing, so the
@@ -32,7 +34,13 @@ import xarray as xr
 
 from daskmask._scratch import scratch_is_shared, temporary_base
 from daskmask.masking._mean import mean_volume
-from daskmask.reading._decode import decode_once, file_source, is_gzip_file, source_key
+from daskmask.reading._decode import (
+    decode_once,
+    fetches_once,
+    file_source,
+    is_gzip_file,
+    source_key,
+)
 
 __all__ = ["FittedRun"]
 
@@ -77,8 +85,10 @@ class FittedRun:
         decoded = None
         # A local .nii.gz decodes into this process's scratch: only when every
         # worker can read it. An object's pass picks its own place (a worker
-        # under distributed, without a copy).
-        if is_gzip_file(source) and (not isinstance(source, str) or scratch_is_shared()):
+        # under distributed, without a copy). A .nii object read by this
+        # process is fetched once into scratch the same way (identity decoder).
+        gzip_pass = is_gzip_file(source) and (not isinstance(source, str) or scratch_is_shared())
+        if gzip_pass or fetches_once(source):
             decoded, mean = decode_once(run, temporary_base(), chunk_volumes=chunk_volumes)
         else:
             mean = mean_volume(run)

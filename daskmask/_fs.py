@@ -27,6 +27,8 @@ import glob as _glob
 import json
 import os
 import stat as _stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -292,6 +294,48 @@ class Location:
         """Return a key-value view of the folder (for Zarr stores on object storage)."""
         with storage_errors(self.url):
             return self.fs.get_mapper(self.path)
+
+
+#: Bytes :func:`object_head` reads: a NIfTI header and, usually, its extensions.
+HEAD_BYTES = 64 << 10
+
+#: First bytes of the object versions read in this process, by (location,
+#: size, version): a version's bytes never change, and each ranged read costs
+#: a round trip (on moto's server, a read of the whole object).
+_HEADS: OrderedDict[tuple[Location, int, str], bytes] = OrderedDict()
+_HEADS_SIZE = 64
+_HEADS_LOCK = threading.Lock()
+
+
+def object_head(location: Location, stat: FileStat | None = None) -> bytes:
+    """Return the first bytes of an object (up to 64 KiB), read once per version.
+
+    Parameters
+    ----------
+    location : daskmask._fs.Location
+        The object (not local).
+    stat : daskmask._fs.FileStat, optional
+        Its size and version now; asked afresh (one HEAD request) if not given.
+
+    Returns
+    -------
+    bytes
+
+    """
+    if stat is None:
+        stat = location.stat(refresh=True)
+    key = (location, stat.size, stat.version)
+    with _HEADS_LOCK:
+        head = _HEADS.get(key)
+        if head is not None:
+            _HEADS.move_to_end(key)
+            return head
+    head = location.read_range(0, min(stat.size, HEAD_BYTES))
+    with _HEADS_LOCK:
+        _HEADS[key] = head
+        while len(_HEADS) > _HEADS_SIZE:
+            _HEADS.popitem(last=False)
+    return head
 
 
 def locate(

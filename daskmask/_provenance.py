@@ -20,13 +20,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from daskmask._fs import Location, is_url, locate
+from daskmask._fs import Location, is_url, locate, object_head
 
 #: sizeof_hdr values of NIfTI-1 and NIfTI-2 headers, which are also their lengths.
 _HEADER_SIZES = (348, 540)
-
-#: Compressed bytes read from an object to find its header.
-_HEAD_BYTES = 64 << 10
 
 
 def _header_of(first: bytes) -> bytes:
@@ -53,7 +50,7 @@ def header_sha256(path: str | os.PathLike[str] | Location) -> str:
             opener = gzip.open if first == b"\x1f\x8b" else open
             with opener(location.path, "rb") as stream:
                 return hashlib.sha256(_header_of(stream.read(540))).hexdigest()
-    head = location.read_range(0, min(location.stat().size, _HEAD_BYTES))
+    head = object_head(location)
     if head.startswith(b"\x1f\x8b"):
         try:
             head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 540)

@@ -305,3 +305,79 @@ def test_gzip_object_read_in_processes_checks_its_trailer(s3_server, s3_bucket, 
     with pytest.raises(NiftiReadError, match=rf"'{url}' is corrupt \(CRC"):
         np.asarray(dm.open_nifti(url))
     assert os.environ["AWS_ENDPOINT_URL"] == s3_server.endpoint_url
+
+
+# ------------------------------------------------ fetch once with dask's threads
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("given", ["url", "opened"])
+def test_threads_download_a_nii_object_once(counting_s3, tmp_path, given):
+    """fit's mean pass keeps a local copy that transform reads: one download, not two."""
+    server, counter = counting_s3
+    bucket = server.new_bucket()
+    data = (_epi(8, (20, 22, 16, 60)) * 10).astype(np.int16)
+    local = _save(tmp_path / "run.nii", data)
+    url = _upload(server, local, f"s3://{bucket}/run.nii")
+    size = local.stat().st_size
+    expected = dm.NiftiMasker(mask_strategy="epi").fit_transform(local)
+    options = {"daskmask.storage-options": {"s3": server.storage_options}}
+    with dask.config.set(options, scheduler="threads"):
+        source = url if given == "url" else dm.open_nifti(url)
+        before = counter.to_this_process
+        signals = dm.NiftiMasker(mask_strategy="epi").fit_transform(source)
+        values = np.asarray(signals)
+        served = counter.to_this_process - before
+    assert values.tobytes() == np.asarray(expected).tobytes()
+    # The data once (a few header reads on top), not once for fit and once more for transform.
+    assert size <= served < size + (256 << 10), (served, size)
+
+
+@pytest.mark.timeout(60)
+def test_sequential_stream_reads_whole_objects_and_stops_where_told(s3_server, s3_bucket):
+    from daskmask._fs import locate
+    from daskmask.reading._array import open_sequential
+
+    payload = np.random.default_rng(0).integers(0, 255, 3_000_000, np.uint8).tobytes()
+    s3_server.filesystem().pipe(f"{s3_bucket}/blob", payload)
+    location = locate(f"s3://{s3_bucket}/blob")
+    with open_sequential(location) as stream:
+        pieces = [stream.read(1), stream.read(70_000), stream.read()]
+    assert b"".join(pieces) == payload
+    with open_sequential(location, 1_000_001) as stream:
+        assert stream.read() == payload[:1_000_001]
+
+
+@pytest.mark.timeout(60)
+def test_connection_broken_mid_stream_is_a_typed_error(tmp_path):
+    """A body that ends before its Content-Length: StorageUnreachableError naming the URL."""
+    import http.server
+
+    from daskmask._fs import locate
+    from daskmask.exceptions import StorageUnreachableError
+    from daskmask.reading._array import open_sequential
+
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/run.nii"
+    try:
+        with pytest.raises(StorageUnreachableError, match="connection broke") as error:
+            with open_sequential(locate(url)) as stream:
+                stream.read()
+        assert url in str(error.value)
+    finally:
+        server.shutdown()
+        server.server_close()

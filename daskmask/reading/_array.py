@@ -27,6 +27,7 @@ combined CRC32 is compared with the gzip trailer (see
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import math
@@ -35,6 +36,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, NamedTuple
 
 import dask.array as da
@@ -46,7 +48,12 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from daskmask._fs import Location, storage_errors
-from daskmask.exceptions import InputChangedError, NiftiReadError, StorageError
+from daskmask.exceptions import (
+    InputChangedError,
+    NiftiReadError,
+    StorageError,
+    StorageUnreachableError,
+)
 from daskmask.reading._integrity import (
     Identity,
     ObjectVersion,
@@ -121,8 +128,169 @@ REMOTE_GZIP_BLOCK_BYTES = 32 << 20
 
 
 def open_remote_stream(location: Location) -> IO[bytes]:
-    """Open an object for a sequential read: large blocks, read-ahead cache."""
+    """Open an object for random access: large blocks, read-ahead cache (seekable)."""
     return location.open("rb", block_size=REMOTE_GZIP_BLOCK_BYTES, cache_type="readahead")
+
+
+#: Bytes per ranged request of :func:`open_sequential` when the file system
+#: cannot stream one response body.
+SEQUENTIAL_RANGE_BYTES = 64 << 20
+#: Buffer of the reader :func:`open_sequential` returns: small reads (a gzip
+#: decoder's) are served from it, reads as large or larger go straight through.
+_SEQUENTIAL_BUFFER_BYTES = 8 << 20
+
+
+def open_sequential(location: Location, nbytes: int | None = None) -> IO[bytes]:
+    """Open an object for one pass from its first byte: as few requests as possible.
+
+    Where the file system streams a response body (``open_async``: s3fs,
+    HTTP), the object is one GET whose body is read as it arrives, with the
+    flow control of the connection bounding what is buffered. Otherwise it is
+    read by ranged requests of :data:`SEQUENTIAL_RANGE_BYTES`, the next one
+    in flight while the current one is consumed. Not seekable.
+
+    Per-request costs decide the speed of a whole pass: moto's server reads
+    the whole object for every ranged GET (70-150 MB/s with 64 MiB ranges of
+    a 0.2-1 GB object, 2024's moto 5.2), and streams one GET at 700-850 MB/s.
+
+    Parameters
+    ----------
+    location : daskmask._fs.Location
+        The object (not local).
+    nbytes : int, optional
+        Bytes to read from the start (default: the whole object); a ranged
+        read asks for no more.
+
+    Returns
+    -------
+    file object
+        Buffered, read-only. Storage failures raise
+        :class:`~daskmask.exceptions.StorageError` subclasses naming the URL.
+
+    """
+    return io.BufferedReader(_SequentialObject(location, nbytes), _SEQUENTIAL_BUFFER_BYTES)
+
+
+class _SequentialObject(io.RawIOBase):
+    """The raw reader of :func:`open_sequential`."""
+
+    def __init__(self, location: Location, nbytes: int | None) -> None:
+        self.url = location.url
+        self._location = location
+        self._limit = nbytes
+        self._position = 0
+        with storage_errors(self.url):
+            fs = location.fs
+            self._stream = _open_streamed(fs, location.path)
+        self._fs = fs
+        # Ranged fallback: the piece being consumed and the next one in flight.
+        self._piece = b""
+        self._piece_offset = 0
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._next: Future[bytes] | None = None
+        if self._stream is None:
+            if self._limit is None:
+                self._limit = location.stat().size
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="daskmask-fetch")
+            self._next = self._fetcher.submit(self._fetch, 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        view = memoryview(target).cast("B")
+        if self._limit is not None:
+            view = view[: max(0, self._limit - self._position)]
+        if not len(view):
+            return 0
+        try:
+            with storage_errors(self.url):
+                if self._stream is not None:
+                    from fsspec.asyn import sync
+
+                    filled = sync(self._fs.loop, _fill_from_stream, self._stream, view)
+                else:
+                    filled = self._fill_from_ranges(view)
+        except StorageError:
+            raise
+        except Exception as error:  # a connection broken mid-body (aiohttp, botocore)
+            raise StorageUnreachableError(
+                f"{self.url}: the connection broke while reading the object "
+                f"({type(error).__name__}: {error}). Check the endpoint and the network, "
+                "then run again."
+            ) from None
+        self._position += filled
+        return filled
+
+    def _fetch(self, start: int) -> bytes:
+        assert self._limit is not None
+        length = min(SEQUENTIAL_RANGE_BYTES, self._limit - start)
+        return self._location.read_range(start, length) if length > 0 else b""
+
+    def _fill_from_ranges(self, view: memoryview) -> int:
+        filled = 0
+        while filled < len(view):
+            available = len(self._piece) - (self._position + filled - self._piece_offset)
+            if available <= 0:
+                assert self._next is not None and self._fetcher is not None
+                piece_offset = self._piece_offset + len(self._piece)
+                self._piece = self._next.result()
+                self._piece_offset = piece_offset
+                if not self._piece:
+                    break
+                self._next = self._fetcher.submit(self._fetch, piece_offset + len(self._piece))
+                continue
+            start = self._position + filled - self._piece_offset
+            count = min(available, len(view) - filled)
+            view[filled : filled + count] = self._piece[start : start + count]
+            filled += count
+        return filled
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True, cancel_futures=True)
+        if self._stream is not None:
+            from fsspec.asyn import sync
+
+            with contextlib.suppress(Exception):
+                sync(self._fs.loop, _close_stream, self._stream, timeout=10)
+        super().close()
+
+
+def _open_streamed(fs: Any, path: str) -> Any:
+    """Return ``fs``'s streamed reader of ``path`` (``open_async``), or None."""
+    if not getattr(fs, "async_impl", False):
+        return None
+    from fsspec.asyn import sync
+
+    try:
+        return sync(fs.loop, fs.open_async, path, "rb")
+    except (NotImplementedError, ValueError):
+        return None
+
+
+async def _close_stream(stream: Any) -> None:
+    """Close an fsspec async streamed file, and the response body it holds (``r``)."""
+    # s3fs's streamed file does not close its body itself: a body not read to
+    # its end would keep its connection.
+    body = getattr(stream, "r", None)
+    if body is not None:
+        body.close()
+    await stream.close()
+
+
+async def _fill_from_stream(stream: Any, view: memoryview) -> int:
+    """Fill ``view`` from an fsspec async streamed file; fewer bytes only at its end."""
+    filled = 0
+    while filled < len(view):
+        chunk = await stream.read(min(len(view) - filled, _SEQUENTIAL_BUFFER_BYTES))
+        if not chunk:
+            break
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return filled
 
 
 def current_version(location: Location) -> ObjectVersion:
@@ -388,7 +556,7 @@ class GzipSlabReader:
             if self._location is None:
                 verify_gzip_stream(self.path, self._identity)
             else:
-                with open_remote_stream(self._location) as raw:
+                with open_sequential(self._location) as raw:
                     verify_gzip_stream(self.path, raw=raw)
         except _READ_ERRORS as error:
             message = (

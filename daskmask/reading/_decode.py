@@ -23,19 +23,31 @@ after ``fit`` raises :class:`~daskmask.exceptions.InputChangedError` instead of
 silently giving the old data. A full scratch disk raises
 :class:`~daskmask.exceptions.ScratchSpaceError`.
 
-An object in a store (``s3://...``) is streamed through fsspec (32 MiB blocks,
-read-ahead), with the same checks. With dask's threads (no distributed client)
-the pass runs in this process and writes the decoded copy to the local scratch
-folder, as for a file. When a ``distributed.Client`` is active the pass runs as
-one task on a worker and returns only the mean: no byte of the object goes
-through the client, and no decoded copy is kept, because a worker's scratch
-folder may be invisible to the other workers (Kubernetes pods, nodes of an HPC
-job). ``transform`` then reads the object lazily in each worker process, which
-costs one decode per worker that reads it.
+An object in a store (``s3://...``) is streamed from its first byte
+(:func:`~daskmask.reading._array.open_sequential`: one streamed GET where the
+file system can, else large ranged requests), with the same checks. With
+dask's threads (no distributed client) the pass runs in this process and
+writes the decoded copy to the local scratch folder, as for a file. When a
+``distributed.Client`` is active the pass runs as one task on a worker and
+returns only the mean: no byte of the object goes through the client, and no
+decoded copy is kept, because a worker's scratch folder may be invisible to
+the other workers (Kubernetes pods, nodes of an HPC job). ``transform`` then
+reads the object lazily in each worker process, which costs one decode per
+worker that reads it.
+
+**Fetch once.** An uncompressed ``.nii`` object takes the same pass with the
+identity as its decoder (:func:`fetches_once` says when): ``fit`` streams it
+once, folding the mean and writing the local copy, and ``transform`` reads the
+copy with ``pread`` instead of asking the store for every time slab again. The
+copy is keyed by URL, size and ETag/version id, checked before and after the
+pass and before every read of the copy, so a changed object is never served
+from it. Under a distributed client nothing of this runs on the client: the
+object is read by ranged requests, on the workers, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
@@ -63,7 +75,8 @@ from daskmask.reading._array import (
     DIRECT_ALLOCATION_BYTES,
     ProxySpec,
     current_version,
-    open_remote_stream,
+    data_bytes,
+    open_sequential,
     read_fully,
     read_into,
     scale,
@@ -75,11 +88,12 @@ from daskmask.reading._integrity import (
     check_unchanged,
     file_identity,
 )
-from daskmask.reading._sources import open_location
+from daskmask.reading._sources import object_head, open_location
 
 __all__ = [
     "decode_once",
     "decoder_name",
+    "fetches_once",
     "file_source",
     "gzip_source",
     "is_gzip_file",
@@ -238,10 +252,41 @@ def gzip_source(run: xr.DataArray) -> str | Location | None:
     return source if source is not None and is_gzip_file(source) else None
 
 
+def fetches_once(source: str | Location | None) -> bool:
+    """Whether ``fit`` should stream an uncompressed object once and keep a local copy.
+
+    True for a ``.nii`` object (not local, not gzip-compressed) when no
+    ``distributed.Client`` is active: the process that computes the mean is
+    this one (dask's threads), so the copy it writes to the scratch folder
+    serves ``transform`` too, and the object is downloaded once instead of
+    twice. Under a client the workers read the object (ranged requests per
+    time slab) and the client downloads nothing.
+
+    Parameters
+    ----------
+    source : str, Location or None
+        What :func:`file_source` returned for the run.
+
+    Returns
+    -------
+    bool
+
+    """
+    return (
+        isinstance(source, Location)
+        and not source.is_local
+        and _distributed_client() is None
+        and not is_gzip_file(source)
+    )
+
+
 def is_gzip_file(path: str | Location) -> bool:
     """Whether ``path`` (a file or an object) starts with the gzip magic bytes."""
+    if isinstance(path, Location) and not path.is_local:
+        # One HEAD request; the first bytes of this version are read once.
+        return object_head(path).startswith(b"\x1f\x8b")
     if isinstance(path, Location):
-        return path.read_range(0, 2) == b"\x1f\x8b"
+        path = path.path
     with open(path, "rb") as raw:
         return raw.read(2) == b"\x1f\x8b"
 
@@ -309,11 +354,15 @@ def decode_once(
 ) -> tuple[xr.DataArray, np.ndarray]:
     """Inflate a ``.nii.gz`` run once into a temporary raw copy and its mean.
 
+    An uncompressed object (a ``.nii`` URL) takes the same pass with the
+    identity as decoder: it is downloaded once into the copy (see
+    :func:`fetches_once`).
+
     Parameters
     ----------
     run : xarray.DataArray
         A 4-D run from :func:`daskmask.open_nifti` of one ``.nii.gz`` file
-        (``attrs["source"]``).
+        or of one object, ``.nii`` or ``.nii.gz`` (``attrs["source"]``).
     store_root : str or Path
         Directory the temporary store is created in (e.g.
         :func:`daskmask._scratch.temporary_base`).
@@ -333,23 +382,29 @@ def decode_once(
     Raises
     ------
     ValueError
-        If ``run`` is not a 4-D run of one ``.nii.gz`` file.
+        If ``run`` is not a 4-D run of one ``.nii.gz`` file or one object.
     NiftiReadError
         If the file is truncated or its gzip stream is corrupt; the whole
         stream is read, so a CRC32 or size that does not match a gzip
         trailer is detected too.
     InputChangedError
-        If the file is no longer the version ``run`` was opened from.
+        If the file is no longer the version ``run`` was opened from (an
+        object: before or after the pass).
+    StorageError
+        If an object cannot be read (typed subclasses naming the URL).
     ScratchSpaceError
         If the decoded copy does not fit in ``store_root`` (``ENOSPC`` or
         ``EDQUOT``).
 
     """
-    path = gzip_source(run)
-    if path is None:
-        raise ValueError("decode_once needs a 4-D run opened by open_nifti from one .nii.gz")
+    path = file_source(run)
     if isinstance(path, Location):
         return _decode_object(run, path, store_root, chunk_volumes)
+    if path is None or not is_gzip_file(path):
+        raise ValueError(
+            "decode_once needs a 4-D run opened by open_nifti from one .nii.gz file or "
+            "from one object (.nii or .nii.gz URL)"
+        )
     # Decode through this descriptor: the version checked here is the one
     # decoded, even if the path is replaced meanwhile.
     raw_file = open(path, "rb")  # noqa: SIM115 - closed by the with below
@@ -427,7 +482,9 @@ def _inflate(
 
     ``fd`` None: only the mean (the pass of a worker, whose scratch other
     processes may not see). The stream is read to its very end, so the
-    decoder checks the CRC32 and size of every gzip member.
+    decoder checks the CRC32 and size of every gzip member. An uncompressed
+    file (``spec.gzip`` False) is read as is (the identity decoder), up to
+    the end of its voxel data.
     """
     dtype = np.dtype(dtype)
     chunk_volumes = max(1, min(int(chunk_volumes), shape[3]))
@@ -438,8 +495,7 @@ def _inflate(
     accumulator = accumulator_dtype(dtype)
     running: list[np.ndarray | None] = [None]
     volume_bytes = int(np.prod(spatial)) * on_disk.itemsize
-    opener = _opener(decoder_name())
-    assert opener is not None
+    opener = _opener(decoder_name()) if spec.gzip else None
 
     def write_and_fold(start: int, slab: np.ndarray) -> None:
         if fd is not None:
@@ -465,7 +521,8 @@ def _inflate(
         if slab_bytes <= DIRECT_ALLOCATION_BYTES
         else None
     )
-    with opener(raw_file, "rb") as stream, ThreadPoolExecutor(1) as helper:
+    decoder = opener(raw_file, "rb") if opener is not None else contextlib.nullcontext(raw_file)
+    with decoder as stream, ThreadPoolExecutor(1) as helper:
         if len(stream.read(spec.offset)) != spec.offset:
             raise EOFError("the stream ends inside the header")
         for index, start in enumerate(range(0, n_volumes, chunk_volumes)):
@@ -489,7 +546,7 @@ def _inflate(
         # the decoder then checks the CRC32 and size of every gzip member
         # against the bytes it produced, without a second pass.
         tail = bytearray(1 << 20)
-        while stream.readinto(tail):
+        while opener is not None and stream.readinto(tail):
             pass
         if pending is not None:
             pending.result()
@@ -506,7 +563,8 @@ def _decode_object(
     which streams the object and returns its mean (``decoded`` is then None:
     ``transform`` reads the object lazily). Otherwise this process is the one
     that reads: it streams the object into a decoded copy under
-    ``store_root``, as for a file.
+    ``store_root``, as for a file. The object's version is checked before
+    and after the pass: a copy of an object replaced meanwhile is dropped.
     """
     spec = _recorded_spec(run, location.url)
     if spec is None or spec.location is None:
@@ -522,8 +580,13 @@ def _decode_object(
     assert spec.location is not None
     version = current_version(spec.location)
     check_object_unchanged(spec.path, spec.version, version)
-    with open_remote_stream(spec.location) as raw_file:
+    with _sequential(spec) as raw_file:
         store, mean = _decode(run, spec, raw_file, store_root, chunk_volumes)
+    try:
+        check_object_unchanged(spec.path, spec.version, current_version(spec.location))
+    except BaseException:
+        store.cleanup()
+        raise
     key = (location.url, *version)
     array = _DecodedArray(store, tuple(run.shape), run.dtype, (location.url, location, version))
     data = _decoded_dask_array(array, key, chunk_volumes)
@@ -537,7 +600,7 @@ def _decode_object(
 def object_mean(
     spec: ProxySpec, shape: tuple[int, ...], dtype: Any, chunk_volumes: int
 ) -> np.ndarray:
-    """Stream a ``.nii.gz`` object once and return its mean over time (a worker's task).
+    """Stream an object once and return its mean over time (a worker's task).
 
     Parameters
     ----------
@@ -566,12 +629,20 @@ def object_mean(
     assert spec.location is not None
     check_object_unchanged(spec.path, spec.version, current_version(spec.location))
     try:
-        with open_remote_stream(spec.location) as raw_file:
-            return _inflate(spec, raw_file, shape, np.dtype(dtype), chunk_volumes, None)
+        with _sequential(spec) as raw_file:
+            mean = _inflate(spec, raw_file, shape, np.dtype(dtype), chunk_volumes, None)
+        check_object_unchanged(spec.path, spec.version, current_version(spec.location))
+        return mean
     except StorageError:
         raise
     except (OSError, EOFError, zlib.error, ValueError) as error:
         raise _corrupt(spec.path, error) from None
+
+
+def _sequential(spec: ProxySpec) -> IO[bytes]:
+    """Open an object for the pass: all of a ``.nii.gz``, up to its data's end for a ``.nii``."""
+    assert spec.location is not None
+    return open_sequential(spec.location, None if spec.gzip else data_bytes(spec)[1])
 
 
 def _distributed_client() -> Any:
@@ -607,9 +678,10 @@ def _scratch_full(error: OSError, store_root: str | Path, needed: int) -> Scratc
     return ScratchSpaceError(
         error.errno,
         f"The scratch folder '{folder}' is full ({os.strerror(error.errno)}) while writing "
-        f"the decoded copy of a .nii.gz, which needs {needed / 1e9:.2f} GB{free}. Free "
-        "space there, or point the dask config 'daskmask.temporary-directory' at a larger "
-        "disk (dask.config.set({'daskmask.temporary-directory': '/path/with/space'})).",
+        "the local copy of a run (a decoded .nii.gz, or a fetched object), which needs "
+        f"{needed / 1e9:.2f} GB{free}. Free space there, or point the dask config "
+        "'daskmask.temporary-directory' at a larger disk "
+        "(dask.config.set({'daskmask.temporary-directory': '/path/with/space'})).",
     )
 
 

@@ -25,7 +25,7 @@ from dask.base import tokenize
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.spatialimages import SpatialImage
 
-from daskmask._fs import FileStat, Location, has_glob, is_url, locate
+from daskmask._fs import FileStat, Location, has_glob, is_url, locate, object_head
 from daskmask.exceptions import (
     DimensionError,
     NiftiFileNotFoundError,
@@ -328,8 +328,6 @@ def open_path(path: str) -> OpenedImage:
     return _from_nibabel(image)
 
 
-#: Bytes of an object read at open: the header and, usually, its extensions.
-_HEAD_BYTES = 64 << 10
 #: Largest header (with extensions) read from an object: a ``vox_offset``
 #: beyond it is refused rather than fetched.
 MAX_REMOTE_HEADER_BYTES = 16 << 20
@@ -399,7 +397,7 @@ def remote_header_image(location: Location) -> tuple[SpatialImage, FileStat, boo
     stat = location.stat(refresh=True)
     if not stat.is_file:
         raise NiftiReadError(f"'{url}' is a folder (a prefix), not a NIfTI object.")
-    head = location.read_range(0, min(stat.size, _HEAD_BYTES))
+    head = object_head(location, stat)
     compressed = head.startswith(GZIP_MAGIC)
     decoded = _remote_prefix(location, stat, head, compressed, NIFTI2_HEADER_BYTES)
     header_size, byte_order = _header_kind(decoded, url)
