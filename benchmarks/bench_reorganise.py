@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         import s3fs
         from distributed import Client
 
-        fs = s3fs.S3FileSystem(**options)
+        # moto assembles the 2.2 GB upload slowly: a retried CompleteMultipartUpload fails.
+        fs = s3fs.S3FileSystem(**options, config_kwargs={"read_timeout": 900})
         fs.mkdir("bench")
         fs.put_file(str(path), f"bench/{path.name}")
         url = f"s3://bench/{path.name}"
