@@ -58,6 +58,47 @@ class IsolatedCluster:
                 process.wait(timeout=5)
 
 
+def _code_folders() -> list[str]:
+    """Folders under /tmp that the worker needs to run: the virtualenv and the sources.
+
+    A clone (and its ``.venv``) may live under /tmp, which each worker's private
+    tmpfs hides; those folders are bound back at the same path, read-only.
+    """
+    import daskmask
+
+    candidates = {
+        os.path.realpath(sys.prefix),
+        os.path.dirname(os.path.dirname(os.path.realpath(daskmask.__file__))),
+    }
+    under_tmp = sorted(folder for folder in candidates if folder.startswith("/tmp/"))
+    # A folder inside another one comes back with it.
+    return [
+        folder
+        for folder in under_tmp
+        if not any(folder.startswith(other + "/") for other in under_tmp)
+    ]
+
+
+def _private_tmp_command(worker: int) -> str:
+    """Shell commands giving this mount namespace its own /tmp (a tmpfs)."""
+    steps = []
+    for index, folder in enumerate(_code_folders()):
+        # Keep a handle on the folder before /tmp is covered, then bind it back
+        # (one handle per worker: they start at the same time).
+        keep = f"/run/daskmask-isolated-keep-{os.getpid()}-{worker}-{index}"
+        steps += [f"mkdir -p {keep}", f"mount --bind {folder} {keep}"]
+    steps.append("mount -t tmpfs -o size=4g tmpfs /tmp")
+    for index, folder in enumerate(_code_folders()):
+        keep = f"/run/daskmask-isolated-keep-{os.getpid()}-{worker}-{index}"
+        steps += [
+            f"mkdir -p {folder}",
+            f"mount --bind -o ro {keep} {folder}",
+            f"umount {keep}",
+            f"rmdir {keep}",
+        ]
+    return " && ".join(steps)
+
+
 def start_isolated_cluster(
     folder: Path, n_workers: int = 2, memory_limit: str = "3GiB", nthreads: int = 1
 ) -> IsolatedCluster:
@@ -106,7 +147,7 @@ def start_isolated_cluster(
                     "private",
                     "sh",
                     "-c",
-                    f"mount -t tmpfs -o size=4g tmpfs /tmp && {worker_command}",
+                    f"{_private_tmp_command(index)} && {worker_command}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=open(folder / f"worker-{index}.log", "wb"),
