@@ -47,20 +47,16 @@ import numpy as np
 
 from daskmask._rawio import read_exactly, write_exactly
 
-# The scratch directory itself (lease, lifetime, orphans) is daskmask._scratch's;
-# re-exported for the users of this module's older names (extraction._unmask).
-from daskmask._scratch import PREFIXES, TemporaryStore, remove_orphans, temporary_base
+# The scratch directory itself (lease, lifetime, orphans) is daskmask._scratch's.
+from daskmask._scratch import TemporaryStore
 
 __all__ = [
-    "PREFIXES",
     "RAW",
     "SIGNALS",
     "TemporaryStore",
     "barrier",
     "prepare_store",
     "read_columns",
-    "remove_orphans",
-    "temporary_base",
     "write_rows",
 ]
 

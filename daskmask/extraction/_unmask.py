@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from daskmask._fs import Location, locate, storage_errors
+from daskmask._scratch import TemporaryStore
 from daskmask.exceptions import StorageError
 from daskmask.extraction import _store
 from daskmask.extraction._apply_mask import flat_fortran_index
@@ -171,7 +172,7 @@ def _to_time_slabs(
     temporary store owning it (with a ``cleanup`` method) and the slab.
 
     The array is in the scratch folder (a
-    :class:`~daskmask.extraction._store.TemporaryStore`), or, when the output
+    :class:`~daskmask._scratch.TemporaryStore`), or, when the output
     is an object-store URL and a distributed client computes, under a hidden
     prefix beside the output, which every worker and the client reach. Every
     chunk is written (even all-zero ones) and counted before it is read: a
@@ -194,7 +195,7 @@ def _to_time_slabs(
         target_store: Any = holder.store()
         where = holder.location.url
     else:
-        holder = _store.TemporaryStore(prefix="daskmask-unmask-")
+        holder = TemporaryStore(prefix="daskmask-unmask-")
         target_store = os.path.join(holder.root, _store.SIGNALS)
         where = target_store
     try:

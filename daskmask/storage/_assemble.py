@@ -89,7 +89,7 @@ def assemble(
         layout.MASK: xr.Variable(layout.GRID_DIMS, mask),
     }
     mean = _resolve_mean(
-        lazy_mean, mean_img, affine, mask_shape, signal_attrs.get("mean_image_affine")
+        lazy_mean, mean_img, affine, mask_shape, signal_attrs.get(layout.MEAN_AFFINE_ATTR)
     )
     if mean is not None:
         data_vars[layout.MEAN_IMAGE] = mean

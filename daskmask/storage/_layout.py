@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from daskmask import signals as _contract
 from daskmask._json import json_safe
 
 #: Version of the layout written by :func:`daskmask.storage.save`. Version 2 added the
@@ -29,30 +30,27 @@ FORMAT_VERSION = 2
 #: The oldest layout with a manifest and checksums; older stores open unchecked.
 CHECKED_FORMAT_VERSION = 2
 
-SIGNALS = "signals"
+SIGNALS = _contract.NAME
 MASK = "mask"
 MEAN_IMAGE = "mean_image"
-TIME = "time"
-VOXEL = "voxel"
+TIME = _contract.TIME
+VOXEL = _contract.VOXEL
 #: Dimensions of the mask (and of the mean image when it is on the mask grid).
 GRID_DIMS = ("grid_i", "grid_j", "grid_k")
 #: Dimensions of a mean image whose grid differs from the mask grid.
 MEAN_DIMS = ("mean_i", "mean_j", "mean_k")
-INDEX_COORDS = ("i", "j", "k")
-WORLD_COORDS = ("x", "y", "z")
+INDEX_COORDS = _contract.INDEX_COORDS
+WORLD_COORDS = _contract.WORLD_COORDS
 
 #: The lazy, non-JSON attribute of the signals that carries the mean image.
-MEAN_ATTR = "mean_image"
+MEAN_ATTR = _contract.MEAN_ATTR
+MEAN_AFFINE_ATTR = _contract.MEAN_AFFINE_ATTR
 COMPLETE = "complete"
 #: Root attribute recording each array's shape, chunks, data type and chunk count.
 MANIFEST = "manifest"
 #: Root attributes of a store, in the order they are written.
 ROOT_ATTRS = (
-    "affine",
-    "mask_shape",
-    "masker_params",
-    "provenance",
-    "daskmask_version",
+    *_contract.JSON_ATTRS,
     "created",
     "format_version",
     MANIFEST,
