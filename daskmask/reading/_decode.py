@@ -69,7 +69,7 @@ from dask.base import tokenize
 from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
 from daskmask._fs import Location, is_url, locate
 from daskmask._rawio import read_exactly, write_exactly
-from daskmask._scratch import TemporaryStore
+from daskmask._scratch import TemporaryStore, current_client
 from daskmask.exceptions import NiftiReadError, ScratchSpaceError, StorageError
 from daskmask.reading._array import (
     DIRECT_ALLOCATION_BYTES,
@@ -275,7 +275,7 @@ def fetches_once(source: str | Location | None) -> bool:
     return (
         isinstance(source, Location)
         and not source.is_local
-        and _distributed_client() is None
+        and current_client() is None
         and not is_gzip_file(source)
     )
 
@@ -577,7 +577,7 @@ def _decode_object(
         opened = open_location(location)
         spec = opened.spec
         assert spec is not None
-    if _distributed_client() is not None:
+    if current_client() is not None:
         name = f"daskmask-decode-mean-{tokenize(spec, chunk_volumes)}"
         task = dask.delayed(object_mean, pure=False)
         mean = task(spec, tuple(run.shape), run.dtype, chunk_volumes, dask_key_name=name)
@@ -649,17 +649,6 @@ def _sequential(spec: ProxySpec) -> IO[bytes]:
     """Open an object for the pass: all of a ``.nii.gz``, up to its data's end for a ``.nii``."""
     assert spec.location is not None
     return open_sequential(spec.location, None if spec.gzip else data_bytes(spec)[1])
-
-
-def _distributed_client() -> Any:
-    """Return the ``distributed.Client`` dask computes with now, or None (threads...)."""
-    from dask.base import get_scheduler
-
-    scheduler = get_scheduler()
-    owner = getattr(scheduler, "__self__", None)
-    if owner is not None and type(owner).__name__ == "Client":
-        return owner
-    return None
 
 
 def _corrupt(path: str, error: BaseException) -> NiftiReadError:
