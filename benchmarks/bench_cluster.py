@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _isolated_cluster import can_unshare, start_isolated_cluster  # noqa: E402
+from _s3 import start_moto_process  # noqa: E402
 
 PARAMS = 'mask_strategy="epi", detrend=True, standardize="zscore_sample"'
 
@@ -141,29 +141,9 @@ def run_job(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_s3_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3 server as a separate process; return it and its endpoint."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "moto.log", "wb"),  # noqa: SIM115 - lives as long as the server
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server, endpoint
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto server did not start")
+    """Start moto's S3 server as a separate process (outside the measured tree)."""
+    return start_moto_process(folder)
 
 
 def baseline_worktree(commit: str, folder: Path) -> Path:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _s3 import start_moto_process  # noqa: E402
 
 PARAMS = 'mask_strategy="epi", detrend=True, standardize="zscore_sample"'
 
@@ -93,29 +96,9 @@ def run_job(source: str) -> tuple[float, float, bool, str]:
     return seconds, peak / 2**20, process.returncode == 0, output.splitlines()[-1][:300]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_s3_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3 server as a separate process; return it and its endpoint."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "moto.log", "wb"),  # noqa: SIM115 - lives as long as the server
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    server.terminate()
-    raise RuntimeError("moto server did not start")
+    """Start moto's S3 server as a separate process (outside the measured tree)."""
+    return start_moto_process(folder)
 
 
 def raw_get_throughput(fs, path: str) -> dict[str, float]:

@@ -7,9 +7,14 @@ Nothing in s3fs, fsspec or botocore is mocked: the tests talk HTTP to a
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +78,36 @@ _ENVIRONMENT = (
 )
 
 
+def start_moto_process(
+    folder: Path, environment: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start moto's S3 server as a process of its own; return it and its endpoint.
+
+    Used where the server must not share the caller's process (a server that
+    checks credentials, benchmarks that measure the caller's memory).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = folder / f"moto-{port}.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **(environment or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"moto did not start: {log.read_text()}") from None
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def s3_server_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A second moto server, in its own process, that checks credentials.
@@ -80,32 +115,11 @@ def s3_server_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3
     moto accepts any key unless ``INITIAL_NO_AUTH_ACTION_COUNT`` is set when
     it starts; with 0 it refuses keys it does not know, as S3 does.
     """
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
+    server, endpoint = start_moto_process(
+        tmp_path_factory.mktemp("moto-auth"), {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(log.read_text()) from None
-                time.sleep(0.1)
-        yield S3Server(f"http://127.0.0.1:{port}")
+        yield S3Server(endpoint)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -13,16 +13,15 @@ from __future__ import annotations
 import gc
 import glob
 import os
-import signal
 import threading
 
 import dask
 import numpy as np
 import pytest
 import threadpoolctl
+from _killer import WorkerKiller
 from dask.callbacks import Callback
 from distributed import Client, LocalCluster
-from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import key_split
 
 import daskmask as dm
@@ -177,39 +176,6 @@ def test_a_lost_read_can_run_again_after_every_block_was_read(run, scratch):
 # --- a worker killed at every phase ---------------------------------------------------
 
 
-class _Killer(SchedulerPlugin):
-    """SIGKILL one worker once ``count`` tasks of ``prefix`` reached ``state``.
-
-    ``victim="holder"`` kills the worker holding the result of that task;
-    ``"other"`` the worker not running it (with ``state="processing"``).
-    """
-
-    name = "daskmask-killer"
-
-    def __init__(self, prefix, count, pids, state="memory", victim="holder"):
-        self.prefix, self.count, self.pids = prefix, count, pids
-        self.state, self.victim = state, victim
-        self.seen, self.killed = 0, None
-
-    async def start(self, scheduler):
-        self.scheduler = scheduler
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        if self.killed or finish != self.state or not key_split(key).startswith(self.prefix):
-            return
-        self.seen += 1
-        if self.seen < self.count:
-            return
-        task = self.scheduler.tasks[key]
-        if self.victim == "holder":
-            address = next(iter(task.who_has)).address
-        else:
-            running = task.processing_on.address if task.processing_on else None
-            address = next(a for a in self.pids if a != running)
-        self.killed = address
-        os.kill(self.pids[address], signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def cluster_client():
     with (
@@ -246,10 +212,10 @@ def _killed_run(client, masker, run, scratch, killer, save_to=None):
                 dm.save(X, save_to)
                 result = dm.open_results(save_to).signals.values
         killed = client.run_on_scheduler(
-            lambda dask_scheduler: dask_scheduler.plugins[_Killer.name].killed
+            lambda dask_scheduler: dask_scheduler.plugins[WorkerKiller.name].killed
         )
     finally:
-        client.unregister_scheduler_plugin(_Killer.name)
+        client.unregister_scheduler_plugin(WorkerKiller.name)
     assert killed, "no worker was killed: the phase was never reached"
     return result
 
@@ -274,7 +240,7 @@ def test_worker_killed_during_extraction(cluster_client, fitted, run, phase):
     settings = dict(PHASES[phase])
     if settings["count"] < 0:
         settings["count"] = max(3 * n_blocks // 4 if phase == "late" else n_blocks, 1)
-    result = _killed_run(cluster_client, masker, run, scratch, _Killer(pids={}, **settings))
+    result = _killed_run(cluster_client, masker, run, scratch, WorkerKiller(pids={}, **settings))
     assert np.array_equal(result, expected)
 
 
@@ -282,7 +248,7 @@ def test_worker_killed_during_extraction(cluster_client, fitted, run, phase):
 def test_worker_killed_during_save(cluster_client, fitted, run, tmp_path):
     masker, expected, scratch = fitted
     # Zarr chunk writes of the signals ("store-map" tasks of to_zarr)
-    killer = _Killer("store", 3, pids={})
+    killer = WorkerKiller("store", 3, pids={})
     result = _killed_run(
         cluster_client, masker, run, scratch, killer, save_to=tmp_path / "out.zarr"
     )

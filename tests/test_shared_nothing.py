@@ -16,20 +16,19 @@ The result must equal an undisturbed run's bit for bit. A client killed during
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
+import _killer
 import cloudpickle
 import dask
 import numpy as np
 import pytest
 from _isolated_cluster import WORKER_SCRATCH, isolated_cluster  # noqa: F401 - fixture
+from _killer import WorkerKiller
 from distributed import Client
-from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import key_split
 
 import daskmask as dm
@@ -38,8 +37,9 @@ from daskmask._scratch import scratch_is_shared
 from daskmask.datasets import generate_epi
 from daskmask.exceptions import DaskmaskError
 
-# The scheduler and workers cannot import this module: send its functions by value.
+# The scheduler and workers cannot import the test modules: send their code by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(_killer)
 
 #: Small tasks: many time slabs and voxel blocks, and a run that does not fit in one.
 SMALL_BLOCKS = "256KiB"
@@ -133,48 +133,6 @@ def test_a_forced_strategy_wins(client, inputs):
 # --- a worker killed in the middle ------------------------------------------------------
 
 
-class _Killer(SchedulerPlugin):
-    """SIGKILL a worker once ``count`` tasks whose name starts with ``prefix`` reach ``state``.
-
-    ``delay`` seconds later (from a timer thread), if the task is still in
-    that state: with ``state="processing"`` the worker is killed while it runs
-    the task. ``victim="running"`` kills the worker running the task,
-    ``"holder"`` the one holding its result.
-    """
-
-    name = "daskmask-shared-nothing-killer"
-
-    def __init__(self, prefix, count, pids, state="memory", victim="holder", delay=0.0):
-        self.prefix, self.count, self.pids = prefix, count, pids
-        self.state, self.victim, self.delay = state, victim, delay
-        self.seen, self.killed, self.killed_in_state = 0, None, None
-
-    async def start(self, scheduler):
-        self.scheduler = scheduler
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        if self.killed or finish != self.state or not key_split(key).startswith(self.prefix):
-            return
-        self.seen += 1
-        if self.seen < self.count:
-            return
-        task = self.scheduler.tasks[key]
-        if self.victim == "holder":
-            address = next(iter(task.who_has)).address
-        else:
-            address = task.processing_on.address
-        self.killed = address
-
-        def kill():
-            self.killed_in_state = task.state
-            os.kill(self.pids[address], signal.SIGKILL)
-
-        if self.delay:
-            threading.Timer(self.delay, kill).start()
-        else:
-            kill()
-
-
 def _with_killer(client, killer, compute):
     """Run ``compute()`` with ``killer`` registered; return its result and what was killed."""
     killer.pids = client.run(os.getpid)
@@ -201,7 +159,7 @@ def test_worker_killed_during_the_p2p_exchange(client, inputs):
     transfers = [k for k in X.data.__dask_graph__() if key_split(k) == "rechunk-transfer"]
     assert len(transfers) > 4
     # Half of the slabs were handed to the exchange: the rest is still to come.
-    killer = _Killer("rechunk-transfer", len(transfers) // 2, pids={})
+    killer = WorkerKiller("rechunk-transfer", len(transfers) // 2, pids={})
     result, _ = _with_killer(client, killer, lambda: X.values)
     assert np.array_equal(result, reference)
 
@@ -231,7 +189,7 @@ def test_worker_killed_while_fit_inflates_a_nii_gz(client, larger_gz):
     # Kill the worker a third of the way into the pass (it was timed just above).
     duration = client.run_on_scheduler(_task_duration, "daskmask-decode-mean")
     assert duration > 0.05, duration
-    killer = _Killer(
+    killer = WorkerKiller(
         "daskmask-decode-mean", 1, pids={}, state="processing", victim="running",
         delay=duration / 3,
     )  # fmt: skip
