@@ -158,6 +158,20 @@ def baseline_worktree(commit: str, folder: Path) -> Path:
     return target
 
 
+def hcp_run_and_s3_server(workdir: Path, timepoints: int) -> tuple[Path, subprocess.Popen, str]:
+    """Generate (once) the HCP-like ``.nii`` and start moto with the test credentials set."""
+    from daskmask.datasets import generate_epi
+
+    path = workdir / f"hcp-nii-{timepoints}.nii"
+    if not path.exists():
+        generate_epi(path, shape=(91, 109, 91), n_timepoints=timepoints, seed=0)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    server, endpoint = start_s3_server(workdir)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    return path, server, endpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -168,16 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from daskmask.datasets import generate_epi
-
-    path = args.workdir / f"hcp-nii-{args.timepoints}.nii"
-    if not path.exists():
-        generate_epi(path, shape=(91, 109, 91), n_timepoints=args.timepoints, seed=0)
-
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    server, endpoint = start_s3_server(args.workdir)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    path, server, endpoint = hcp_run_and_s3_server(args.workdir, args.timepoints)
     options = {"key": "testing", "secret": "testing", "endpoint_url": endpoint}
     measurements: list[Measurement] = []
     scratch = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=args.workdir))

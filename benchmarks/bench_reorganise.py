@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -91,16 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from daskmask.datasets import generate_epi
-
-    path = args.workdir / f"hcp-nii-{args.timepoints}.nii"
-    if not path.exists():
-        generate_epi(path, shape=(91, 109, 91), n_timepoints=args.timepoints, seed=0)
-
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    server, endpoint = bench_cluster.start_s3_server(args.workdir)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    path, server, endpoint = bench_cluster.hcp_run_and_s3_server(args.workdir, args.timepoints)
     options = {"key": "testing", "secret": "testing", "endpoint_url": endpoint}
     scratch = Path(tempfile.mkdtemp(prefix="bench-reorganise-", dir=args.workdir))
     measurements = []

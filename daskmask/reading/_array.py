@@ -616,14 +616,9 @@ class _ProxyCache:
         if corrupt is not None:
             raise NiftiReadError(corrupt)
         key = (spec, stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            if self._pid != os.getpid():
-                self._proxies.clear()
-                self._pid = os.getpid()
-            readers = self._proxies.get(key)
-            if readers is not None:
-                self._proxies.move_to_end(key)
-                return readers
+        readers = self._cached(key)
+        if readers is not None:
+            return readers
         # mmap=False: chunks must be plain in-memory arrays, not views that
         # keep the file mapped after the task returns.
         proxy = ArrayProxy(
@@ -649,6 +644,17 @@ class _ProxyCache:
                 self._proxies.popitem(last=False)
         return readers
 
+    def _cached(self, key: tuple[Any, ...]) -> _Readers | None:
+        """Readers cached under ``key`` in this process (a forked child starts empty)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._proxies.clear()
+                self._pid = os.getpid()
+            readers = self._proxies.get(key)
+            if readers is not None:
+                self._proxies.move_to_end(key)
+            return readers
+
     def _get_remote(self, spec: ProxySpec) -> _Readers:
         """Readers of an object, after one HEAD request checking its version."""
         assert spec.location is not None
@@ -660,14 +666,9 @@ class _ProxyCache:
         if not spec.gzip:
             return _Readers(None, None)  # ranged reads need no per-process state
         key = (spec, *current)
-        with self._lock:
-            if self._pid != os.getpid():
-                self._proxies.clear()
-                self._pid = os.getpid()
-            readers = self._proxies.get(key)
-            if readers is not None:
-                self._proxies.move_to_end(key)
-                return readers
+        readers = self._cached(key)
+        if readers is not None:
+            return readers
         readers = _Readers(None, GzipSlabReader(spec))
         with self._lock:
             readers = self._proxies.setdefault(key, readers)

@@ -505,15 +505,7 @@ def _from_remote_image(
         location=location,
         version=(stat.size, stat.version),
     )
-    _check_not_truncated(spec)
-    try:
-        scaled_dtype(spec)
-    except (TypeError, ValueError) as error:
-        raise NiftiReadError(
-            f"Cannot apply scl_slope={spec.slope!r} / scl_inter={spec.inter!r} of "
-            f"'{url}' to its {on_disk_dtype} data ({error}); nibabel cannot read it "
-            "either. Reset the scaling fields of the header."
-        ) from None
+    _check_readable(spec, url, on_disk_dtype)
     return OpenedImage(url, metadata, affine, shape, on_disk_dtype, spec=spec)
 
 
@@ -622,15 +614,7 @@ def _from_nibabel(image: SpatialImage) -> OpenedImage:
                 f"File not found: '{label}', the data file of "
                 f"{type(image).__name__} {image.get_filename()!r}."
             ) from None
-        _check_not_truncated(spec)
-        try:
-            scaled_dtype(spec)
-        except (TypeError, ValueError) as error:
-            raise NiftiReadError(
-                f"Cannot apply scl_slope={spec.slope!r} / scl_inter={spec.inter!r} of "
-                f"'{label}' to its {on_disk_dtype} data ({error}); nibabel cannot read it "
-                "either. Reset the scaling fields of the header."
-            ) from None
+        _check_readable(spec, label, on_disk_dtype)
         return OpenedImage(label, metadata, affine, shape, on_disk_dtype, spec=spec)
     # Data already in memory (or in an in-memory file object): no file to defer to.
     array = np.asanyarray(dataobj).reshape(shape)
@@ -688,6 +672,19 @@ def _check_affine(affine: np.ndarray, label: str) -> None:
             "in space. Fix the header's sform/qform (and pixdim), e.g. with nibabel's "
             "img.set_sform(affine) and img.set_qform(affine), then save the file again."
         )
+
+
+def _check_readable(spec: ProxySpec, label: str, on_disk_dtype: Any) -> None:
+    """Refuse, before any data is read, a file cut short or a scaling nibabel cannot apply."""
+    _check_not_truncated(spec)
+    try:
+        scaled_dtype(spec)
+    except (TypeError, ValueError) as error:
+        raise NiftiReadError(
+            f"Cannot apply scl_slope={spec.slope!r} / scl_inter={spec.inter!r} of "
+            f"'{label}' to its {on_disk_dtype} data ({error}); nibabel cannot read it "
+            "either. Reset the scaling fields of the header."
+        ) from None
 
 
 def _check_not_truncated(spec: ProxySpec) -> None:
