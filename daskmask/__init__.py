@@ -9,7 +9,7 @@ import importlib
 
 from daskmask import signal
 from daskmask._version import __version__
-from daskmask.masker import NiftiMasker
+from daskmask.maskers import NiftiMasker
 from daskmask.masking import (
     compute_background_mask,
     compute_brain_mask,

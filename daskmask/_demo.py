@@ -12,7 +12,7 @@ import numpy as np
 
 from daskmask.cluster import connect
 from daskmask.datasets import load_sample
-from daskmask.masker import NiftiMasker
+from daskmask.maskers import NiftiMasker
 from daskmask.reading import open_nifti
 from daskmask.storage import open_results, save
 

@@ -17,10 +17,14 @@ from distributed import Client
 #: Environment variable naming a scheduler address used when none is passed.
 SCHEDULER_ENV_VAR = "DASKMASK_SCHEDULER"
 
+#: The kinds of cluster :func:`connect` can start (``cluster=``; ``--scheduler`` of the command).
+CLUSTER_KINDS: tuple[str, ...] = ("local",)
+
 
 def connect(
     scheduler: str | Client | None = None,
     *,
+    cluster: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     processes: bool = True,
@@ -36,6 +40,9 @@ def connect(
         ``"tcp://10.0.0.5:8786"`` (a Slurm, PBS, SGE or Kubernetes cluster), or
         None: then the address in the ``DASKMASK_SCHEDULER`` environment
         variable is used if set, else a LocalCluster is started on this machine.
+    cluster : str or None, default=None
+        The kind of cluster to start when no scheduler is given, one of
+        :data:`CLUSTER_KINDS`; None or ``"local"`` is the embedded LocalCluster.
     n_workers : int, optional
         Workers of the LocalCluster; default one per CPU core.
     threads_per_worker : int, default=1
@@ -61,6 +68,11 @@ def connect(
     """
     if isinstance(scheduler, Client):
         return scheduler
+    if cluster is not None and cluster not in CLUSTER_KINDS:
+        raise ValueError(
+            f"cluster={cluster!r} is not a kind of cluster daskmask can start; "
+            f"use one of {', '.join(map(repr, CLUSTER_KINDS))}, or pass a scheduler address."
+        )
     address = scheduler if scheduler is not None else os.environ.get(SCHEDULER_ENV_VAR)
     if address:
         if not isinstance(address, str):

@@ -58,6 +58,31 @@ class ConfoundsError(DaskmaskError, ValueError):
     """
 
 
+class ConfoundsNotFoundError(ConfoundsError, FileNotFoundError):
+    """An fMRIPrep confounds file (the ``.tsv`` or its ``.json`` sidecar) is missing.
+
+    The message names the run and the file that was looked for.
+    """
+
+
+class MissingConfoundsError(ConfoundsError):
+    """An fMRIPrep confounds table lacks the columns a strategy needs.
+
+    The message names the file, the missing columns and the strategy asking for them.
+    """
+
+
+class UnsupportedFmriprepError(ConfoundsError):
+    """A confounds file comes from an fMRIPrep release daskmask cannot read (older than 1.2)."""
+
+
+class DatasetError(DaskmaskError, ValueError):
+    """A folder or URL is not a usable BIDS derivatives dataset, or a filter selects no run.
+
+    The message names the folder or URL, what was looked for and how to fix it.
+    """
+
+
 class StorageError(DaskmaskError, OSError):
     """Data could not be reached where it lives (a local folder or an object store).
 

@@ -19,11 +19,11 @@ import xarray as xr
 from sklearn.base import BaseEstimator
 
 from daskmask import _params
-from daskmask._fitted_run import FittedRun
 from daskmask._logging import describe_images, log, logged_method, logging_as
-from daskmask._transform import extract_and_clean, signals_to_image
 from daskmask.exceptions import NotFittedError
 from daskmask.image import resample_img
+from daskmask.maskers._fitted_run import FittedRun
+from daskmask.maskers._transform import extract_and_clean, signals_to_image
 from daskmask.masking._mean import precomputed_mean_image
 from daskmask.masking._validation import binarize_mask_img, load_mask_img
 from daskmask.masking.strategies import get_strategy
@@ -399,7 +399,7 @@ class NiftiMasker(BaseEstimator):
         """Compute the mask of ``data``; also return what transform may reuse of the run.
 
         A mean-based strategy on a run read from one file or object computes
-        the mean over time once, in a :class:`~daskmask._fitted_run.FittedRun`
+        the mean over time once, in a :class:`~daskmask.maskers._fitted_run.FittedRun`
         that records the run's version (``transform`` of the same version
         reuses the mean for the signals' mean image, and the decoded copy of a
         ``.nii.gz`` instead of inflating it again).

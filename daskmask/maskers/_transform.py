@@ -17,7 +17,6 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from daskmask._hv_confounds import run_high_variance_confounds
 from daskmask._logging import describe_images, log
 from daskmask._provenance import input_provenance
 from daskmask.exceptions import DimensionError
@@ -30,6 +29,7 @@ from daskmask.extraction import (
     unmask_to_file,
 )
 from daskmask.extraction._unmask import load_image_file
+from daskmask.maskers._hv_confounds import run_high_variance_confounds
 from daskmask.reading import open_nifti
 from daskmask.reading._decode import with_time_chunks
 from daskmask.signal import clean
@@ -37,7 +37,7 @@ from daskmask.signals import NAME as SIGNALS_NAME
 from daskmask.signals import check_signals, signals_dataarray
 
 if TYPE_CHECKING:
-    from daskmask.masker import NiftiMasker
+    from daskmask.maskers._nifti import NiftiMasker
 
 #: Parameters of the masker that go to ``signal.clean``.
 _CLEAN_PARAMETERS = (

@@ -1,0 +1,1 @@
+"""Readers for the outputs of other tools (fMRIPrep's confounds)."""
