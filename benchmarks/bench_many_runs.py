@@ -1,0 +1,214 @@
+"""Many runs: ``daskmask bids`` against the two ways nilearn's users mask a study.
+
+One run of this script generates fMRIPrep-like derivatives datasets with
+daskmask's generator (runs of 64x64x40x400 int16 ``.nii.gz`` with fMRIPrep's
+confounds), then measures, in fresh subprocesses, the wall time and the peak
+memory of the whole process tree (sampled every 20 ms with psutil, workers
+included) of:
+
+- nilearn (a): ``MultiNiftiMasker(n_jobs=2).fit_transform(runs, confounds=...,
+  sample_mask=...)``;
+- nilearn (b): a joblib loop (``n_jobs=2``) of ``NiftiMasker.fit_transform``
+  over the runs;
+- daskmask: ``daskmask bids`` on the embedded LocalCluster, one results store
+  per run.
+
+All three use ``epi`` masks, ``detrend`` + ``zscore_sample`` and the confounds
+of the ``simple`` strategy (nilearn's ``load_confounds_strategy`` for nilearn,
+daskmask's for daskmask). nilearn keeps the signals in memory; daskmask writes
+them to Zarr stores. The figures go to ``results-many-runs.json``.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_many_runs.py --runs 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench_masker import peak_of_tree
+
+HERE = Path(__file__).resolve().parent
+SHAPE = (64, 64, 40)
+N_VOLUMES = 400
+
+NILEARN_SETUP = """
+import glob, warnings
+warnings.simplefilter("ignore")
+from nilearn.interfaces.fmriprep import load_confounds_strategy
+bolds = sorted(glob.glob(ROOT + "/sub-*/func/*_desc-preproc_bold.nii.gz"))
+confounds, sample_masks = load_confounds_strategy(bolds, denoise_strategy="simple")
+PARAMS = dict(mask_strategy="epi", detrend=True, standardize="zscore_sample", t_r=2.0)
+"""
+
+JOBS = {
+    "nilearn-multi": NILEARN_SETUP
+    + """
+from nilearn.maskers import MultiNiftiMasker
+signals = MultiNiftiMasker(n_jobs=2, **PARAMS).fit_transform(
+    bolds, confounds=confounds, sample_mask=sample_masks
+)
+print(len(signals), signals[0].shape)
+""",
+    "nilearn-joblib": NILEARN_SETUP
+    + """
+from joblib import Parallel, delayed
+from nilearn.maskers import NiftiMasker
+def one(bold, confound, sample_mask):
+    return NiftiMasker(**PARAMS).fit_transform(bold, confounds=confound, sample_mask=sample_mask)
+signals = Parallel(n_jobs=2)(
+    delayed(one)(*args) for args in zip(bolds, confounds, sample_masks)
+)
+print(len(signals), signals[0].shape)
+""",
+    "daskmask-bids": """
+import sys
+from daskmask.cli import main
+sys.exit(main([
+    "bids", ROOT, OUT, "--mask", "epi", "--detrend", "--standardize", "zscore_sample",
+    "--confounds-strategy", "simple", "--scheduler", "local", "--force",
+]))
+""",
+}
+
+
+@dataclass
+class Measurement:
+    """Wall time and peak memory of one job on one dataset."""
+
+    runs: int
+    job: str
+    seconds: float
+    peak_mib: float
+    ok: bool
+    detail: str
+
+
+def make_dataset(root: Path, n_runs: int, shape=SHAPE, n_volumes=N_VOLUMES) -> Path:
+    """Generate (once) a derivatives dataset of ``n_runs`` runs, one per subject."""
+    from daskmask.datasets import make_fmriprep_derivatives
+
+    if not (root / "dataset_description.json").exists():
+        make_fmriprep_derivatives(
+            root,
+            subjects=[f"{index:02d}" for index in range(1, n_runs + 1)],
+            shape=tuple(shape),
+            n_volumes=n_volumes,
+            seed=0,
+        )
+    return root
+
+
+def run_job(n_runs: int, job: str, root: Path, out: Path) -> Measurement:
+    """Run one job in a fresh Python process and measure it."""
+    import subprocess
+
+    code = f"ROOT = {str(root)!r}\nOUT = {str(out)!r}\n" + JOBS[job]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=HERE,
+    )
+    peak, output = peak_of_tree(process)
+    seconds = time.perf_counter() - start
+    ok = process.returncode == 0
+    detail = output.splitlines()[-1] if output else ""
+    return Measurement(n_runs, job, round(seconds, 2), round(peak, 1), ok, detail[:300])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table with the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE))
+    parser.add_argument("--volumes", type=int, default=N_VOLUMES)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=HERE / "results-many-runs.json")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="daskmask-many-runs-"))
+    measurements: list[Measurement] = []
+    try:
+        for n_runs in args.runs:
+            start = time.perf_counter()
+            root = make_dataset(
+                workdir / f"derivatives-{n_runs}", n_runs, args.shape, args.volumes
+            )
+            print(f"{n_runs} runs generated in {time.perf_counter() - start:.1f} s", flush=True)
+            for job in args.jobs:
+                out = workdir / f"results-{n_runs}-{job}"
+                measurement = run_job(n_runs, job, root, out)
+                measurements.append(measurement)
+                print(
+                    f"{n_runs:3d} runs {job:15s} {measurement.seconds:8.2f} s "
+                    f"{measurement.peak_mib:9.1f} MiB {'ok' if measurement.ok else 'FAILED'} "
+                    f"{measurement.detail}",
+                    flush=True,
+                )
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    ratios = summarise(measurements)
+    args.output.write_text(
+        json.dumps({"measurements": [asdict(m) for m in measurements], "ratios": ratios}, indent=2)
+        + "\n"
+    )
+    print(f"wrote {args.output}")
+    return 0 if all(m.ok for m in measurements) else 1
+
+
+def summarise(measurements: list[Measurement]) -> dict[str, float]:
+    """Print and return daskmask/nilearn ratios per size, and how daskmask grows with runs."""
+    found = {(m.runs, m.job): m for m in measurements if m.ok}
+    ratios: dict[str, float] = {}
+    sizes = sorted({m.runs for m in measurements})
+    for n_runs in sizes:
+        ours = found.get((n_runs, "daskmask-bids"))
+        theirs = [
+            found[n_runs, job]
+            for job in ("nilearn-multi", "nilearn-joblib")
+            if (n_runs, job) in found
+        ]
+        if ours and theirs:
+            wall = ours.seconds / min(m.seconds for m in theirs)
+            peak = ours.peak_mib / min(m.peak_mib for m in theirs)
+            ratios[f"{n_runs}-wall-vs-nilearn-fastest"] = round(wall, 3)
+            ratios[f"{n_runs}-peak-vs-nilearn-lowest"] = round(peak, 3)
+            print(
+                f"{n_runs} runs: daskmask wall x{wall:.2f} of nilearn's faster way (target <= 0.3)"
+            )
+            print(
+                f"{n_runs} runs: daskmask peak x{peak:.2f} of nilearn's lower peak (target <= 0.3)"
+            )
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        for job in JOBS:
+            first, last = found.get((small, job)), found.get((large, job))
+            if first and last:
+                grow = last.seconds / first.seconds
+                flat = last.peak_mib / first.peak_mib
+                ratios[f"{job}-wall-{large}-over-{small}"] = round(grow, 3)
+                ratios[f"{job}-peak-{large}-over-{small}"] = round(flat, 3)
+                print(
+                    f"{job}: {small} -> {large} runs wall x{grow:.2f} "
+                    f"(linear: x{large / small:.1f}), peak x{flat:.2f} (flat: x1.0)"
+                )
+    return ratios
+
+
+if __name__ == "__main__":
+    sys.exit(main())
