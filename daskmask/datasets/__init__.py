@@ -1,7 +1,16 @@
-"""Sample data: the bundled real EPI run and a streamed, realistic synthetic EPI generator."""
+"""Sample data: a real EPI run, synthetic EPI runs and fMRIPrep-like derivatives.
+
+The bundled real run, a streamed synthetic EPI generator, fMRIPrep-like confounds
+tables and whole fMRIPrep-like derivatives datasets (local or in object storage).
+"""
 
 from __future__ import annotations
 
+from daskmask.datasets._derivatives import FMRIPREP_VERSIONS, make_fmriprep_derivatives
+from daskmask.datasets._fmriprep_confounds import (
+    make_fmriprep_confounds,
+    write_fmriprep_confounds,
+)
 from daskmask.datasets._generator import (
     epi_tissue_maps,
     generate_epi,
@@ -12,11 +21,15 @@ from daskmask.datasets._sample import load_sample, sample_paths
 from daskmask.reading._writer import write_nifti_volumes
 
 __all__ = [
+    "FMRIPREP_VERSIONS",
     "epi_tissue_maps",
     "generate_epi",
     "generate_epi_volume",
     "iter_epi_volumes",
     "load_sample",
+    "make_fmriprep_confounds",
+    "make_fmriprep_derivatives",
     "sample_paths",
+    "write_fmriprep_confounds",
     "write_nifti_volumes",
 ]
