@@ -237,7 +237,7 @@ def make_fmriprep_confounds(
     csf = tissue(rng.uniform(750, 900), 0.006)
     white_matter = tissue(rng.uniform(520, 600), 0.002)
     dvars_raw = (
-        np.abs(np.diff(global_signal)) * 4
+        np.abs(np.diff(global_signal)) * 0.5
         + rng.uniform(15, 20)
         + rng.gamma(6.0, 0.5, n_volumes - 1)
     )
