@@ -1,0 +1,251 @@
+"""What ``daskmask run`` and ``daskmask bids`` share: the scheduler, signals, the batch, the end.
+
+Scheduler (``--scheduler``):
+
+* ``threads``: dask's threaded scheduler in this process, no client;
+* ``local``, or another kind of :data:`daskmask.cluster.CLUSTER_KINDS`
+  (``slurm``, ``kubernetes``, ...): :func:`daskmask.connect` starts it
+  (``jobs=N`` with ``--jobs N``), and the command closes it at the end;
+* anything else: the address of a running scheduler.
+
+Without ``--scheduler``: ``$DASKMASK_SCHEDULER`` when set, else ``threads``
+when at most one run needs masking and its input is under
+:data:`SMALL_RUN_BYTES` (no cluster to start for one small run), else
+``local``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+
+from daskmask.batch._progress import BatchProgress
+from daskmask.batch._runner import BatchInterrupted, Prepared, RunPlan, execute, prepare
+from daskmask.batch._summary import SUMMARY_NAME, RunOutcome
+from daskmask.cli._options import UsageError
+from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect
+
+#: A single run smaller than this is masked on threads when no scheduler is named.
+SMALL_RUN_BYTES = 1 << 30
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--scheduler``, ``--jobs``, ``--runs-in-flight`` and ``--force``."""
+    group = parser.add_argument_group("execution")
+    kinds = "|".join(k for k in CLUSTER_KINDS if k != "local")
+    group.add_argument(
+        "--scheduler",
+        metavar="threads|local|ADDRESS" + (f"|{kinds}" if kinds else ""),
+        help=(
+            "where to compute (default: $DASKMASK_SCHEDULER, else threads for one small run, "
+            "else local: a LocalCluster on this machine)"
+        ),
+    )
+    group.add_argument(
+        "--jobs",
+        type=_positive_int("--jobs"),
+        metavar="N",
+        help="jobs (or pods) of a cluster the command starts (--scheduler with a cluster kind)",
+    )
+    group.add_argument(
+        "--runs-in-flight",
+        type=_positive_int("--runs-in-flight"),
+        metavar="N",
+        help=(
+            "runs masked at the same time (default: 1 on threads, else the number of workers, "
+            "at least 2): bounds the memory in use whatever the number of runs"
+        ),
+    )
+    group.add_argument(
+        "--force", action="store_true", help="redo every run, even those already complete"
+    )
+
+
+def _positive_int(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        return value
+
+    parse.__name__ = option
+    return parse
+
+
+def choose_scheduler(option: str | None, prepared: Sequence[Prepared]) -> str:
+    """Return the scheduler to use (see the module docstring for the rule)."""
+    if option:
+        return option
+    environment = os.environ.get(SCHEDULER_ENV_VAR)
+    if environment:
+        return environment
+    todo = [item for item in prepared if item.action == "run"]
+    if len(todo) <= 1:
+        size = (todo[0].recipe or {}).get("files", {}).get(todo[0].plan.input, {}) if todo else {}
+        if int(size.get("size", 0)) < SMALL_RUN_BYTES:
+            return "threads"
+    return "local"
+
+
+@contextlib.contextmanager
+def scheduler(choice: str, jobs: int | None) -> Iterator[Any]:
+    """Compute on ``choice``; yield the client (None on threads), closed at the end."""
+    if choice == "threads":
+        if jobs is not None:
+            raise UsageError(
+                "--jobs", "only applies to a cluster; drop it with --scheduler threads"
+            )
+        with dask.config.set(scheduler="threads"):
+            yield None
+        return
+    extra = {"jobs": jobs} if jobs is not None else {}
+    try:
+        if choice in CLUSTER_KINDS:
+            client = connect(cluster=choice, **extra)
+        else:
+            if jobs is not None:
+                raise UsageError(
+                    "--jobs", f"only applies to a cluster the command starts, not to {choice}"
+                )
+            client = connect(choice)
+    except UsageError:
+        raise
+    except TypeError as error:
+        raise UsageError(
+            "--jobs", f"this daskmask cannot pass it to connect() ({error})"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            "--scheduler",
+            f"cannot use {choice!r} ({error}); give threads, local, "
+            f"{', '.join(k for k in CLUSTER_KINDS if k != 'local')} or a scheduler address "
+            "such as tcp://host:8786",
+        ) from None
+    try:
+        yield client
+    finally:
+        _close(client, started=choice in CLUSTER_KINDS)
+
+
+def _close(client: Any, *, started: bool) -> None:
+    """Close the client, and the cluster the command started (that cancels its jobs)."""
+    cluster = getattr(client, "cluster", None)
+    with contextlib.suppress(Exception):
+        client.close(timeout=10)
+    if started and cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=10)
+
+
+def _workers(client: Any) -> int:
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer: assume none yet
+        return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM (a job scheduler's cancel, ``kill``) stops the batch as Ctrl-C does."""
+    received: list[int] = []
+
+    def handler(number: int, frame: Any) -> None:
+        received.append(number)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+
+def run_batch(
+    plans: Sequence[RunPlan],
+    output_dir: str,
+    args: argparse.Namespace,
+    *,
+    command: str,
+) -> int:
+    """Run ``plans``: resume decisions, scheduler, progress, summary; return the exit status."""
+    start = time.perf_counter()
+    with _terminate_as_interrupt() as received:
+        try:
+            prepared = prepare(plans, force=args.force)
+            choice = choose_scheduler(args.scheduler, prepared)
+            needs_compute = any(item.action == "run" for item in prepared)
+            with (
+                scheduler(choice, args.jobs) if needs_compute else contextlib.nullcontext()
+            ) as client:
+                in_flight = args.runs_in_flight or (
+                    1 if client is None else max(2, _workers(client), args.jobs or 0)
+                )
+                with BatchProgress(len(prepared)) as progress:
+                    if client is not None:
+                        progress.note(f"Dask dashboard: {client.dashboard_link}")
+                    outcomes = execute(
+                        prepared,
+                        output_dir,
+                        runs_in_flight=in_flight,
+                        progress=progress,
+                        on_interrupt=(
+                            (lambda: _close(client, started=choice in CLUSTER_KINDS))
+                            if client is not None
+                            else None
+                        ),
+                    )
+        except BatchInterrupted as interrupted:
+            number = received[0] if received else signal.SIGINT
+            name = signal.Signals(number).name
+            _report(interrupted.outcomes, output_dir, command, time.perf_counter() - start)
+            print(
+                f"daskmask {command}: stopped by {name}; the runs not done are marked failed "
+                "and are done by the next call of the same command.",
+                file=sys.stderr,
+                flush=True,
+            )
+            status = 128 + int(number)
+            if any(t.name.startswith("run") and t.is_alive() for t in threading.enumerate()):
+                # a run on dask's threads cannot be cancelled: leave without waiting for it
+                # (its unfinished store is never marked complete, the next save cleans it)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+            return status
+    _report(outcomes, output_dir, command, time.perf_counter() - start)
+    return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+
+
+def _report(outcomes: Sequence[RunOutcome], output_dir: str, command: str, seconds: float) -> None:
+    """Print the end summary: counts, where the table is, and each failure."""
+    counts = {status: 0 for status in ("done", "skipped", "failed")}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    summary = output_dir.rstrip("/") + "/" + SUMMARY_NAME
+    print(
+        f"daskmask {command}: {len(outcomes)} runs: {parts} in {seconds:.1f} s. "
+        f"Summary: {summary}",
+        flush=True,
+    )
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            print(f"failed: {outcome.input}: {outcome.error}", file=sys.stderr, flush=True)

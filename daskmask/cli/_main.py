@@ -1,0 +1,70 @@
+"""The ``daskmask`` command: ``demo``, ``run`` and ``bids``.
+
+Exit status: 0 when every run succeeded (done or skipped), 1 when any run
+failed, 2 for a usage mistake (the message names the option and the fix),
+128 + the signal number when stopped by SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from daskmask import _demo
+from daskmask.cli import _bids, _run
+from daskmask.cli._options import UsageError
+from daskmask.exceptions import DaskmaskError
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """Return the parser and its subcommand parsers by name."""
+    parser = argparse.ArgumentParser(
+        prog="daskmask",
+        description="Mask fMRI runs of any size, one or many, on dask (nilearn's NiftiMasker).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser("demo", help="mask the bundled real EPI sample with every strategy")
+    demo.add_argument(
+        "images", nargs="?", default=None, help="a 4D NIfTI run (default: the bundled sample)"
+    )
+    demo.add_argument(
+        "--scheduler",
+        default=None,
+        help=(
+            "scheduler address, or 'threads' for dask's threads without a cluster "
+            "(default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)"
+        ),
+    )
+    demo.add_argument(
+        "--output",
+        default=str(_demo.DEFAULT_OUTPUT),
+        help="Zarr results store to write (replaced if it exists)",
+    )
+    subparsers = {
+        "demo": demo,
+        "run": _run.add_parser(commands),
+        "bids": _bids.add_parser(commands),
+    }
+    return parser, subparsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the requested job; return the exit status."""
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            _demo.run(args.images, scheduler=args.scheduler, output=args.output)
+            return 0
+        handler = _run.command if args.command == "run" else _bids.command
+        return handler(args)
+    except UsageError as error:
+        subparsers[args.command].error(str(error))  # prints usage, exits 2
+    except KeyboardInterrupt:
+        print(f"daskmask {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except (DaskmaskError, OSError) as error:
+        # a problem of the environment (storage, cluster), not of one run: no traceback
+        print(f"daskmask {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 2  # pragma: no cover - parser.error exits
