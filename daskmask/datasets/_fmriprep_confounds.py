@@ -75,6 +75,8 @@ def _expansions(name: str, series: np.ndarray, order: tuple[str, ...]) -> dict[s
 def _cosine_basis(n_volumes: int, t_r: float) -> np.ndarray:
     """Discrete cosine regressors (DCT-II) below fMRIPrep's 128 s high-pass cut-off."""
     n_cosines = int(np.floor(2 * n_volumes * t_r / _HIGH_PASS_PERIOD_S))
+    if n_cosines == 0:
+        return np.zeros((n_volumes, 0))
     time = np.arange(n_volumes)
     return np.stack(
         [

@@ -365,6 +365,10 @@ def load_confounds(
       ``.tsv`` extension only (nilearn replaces every "tsv" in the path).
     - A headerless file is refused whatever its first value (nilearn lets one
       starting with 0 through).
+    - With nothing but full ICA-AROMA regressors (or an empty selection), the
+      table has one row per volume and no column; nilearn returns a table of
+      no rows when the run has no non-steady-state volume, which its own
+      ``signal.clean`` refuses as of the wrong length.
     - A component named twice in ``strategy`` is used once (nilearn
       duplicates its columns).
 
