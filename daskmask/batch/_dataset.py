@@ -449,9 +449,14 @@ def _select(
             shown = set(subjects) if entity == "sub" else present
             labels = sorted((v for v in shown if v is not None), key=_label_key)
             available = ", ".join(labels) if labels else f"none: no file has a {entity} entity"
+            scope = (
+                f" (in the runs of participant_label={_show(filters['participant_label'])})"
+                if entity != "sub" and filters["participant_label"] is not None
+                else ""
+            )
             raise DatasetError(
                 f"{location.url}: {name}={_show(missing)} matches no preprocessed run. "
-                f"The {plural} present are: {available}."
+                f"The {plural} present{scope} are: {available}."
             )
     selected = {
         relative: entities
