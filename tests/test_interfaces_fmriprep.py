@@ -123,8 +123,9 @@ PRESET_CASES = [
 @pytest.mark.parametrize(("preset", "options"), PRESET_CASES)
 def test_presets_equal_nilearn(run_folder, preset, options):
     image = str(run_folder / (AROMA if preset == "ica_aroma" else BOLD))
-    ours = fmriprep.load_confounds_strategy(image, preset, **options)
-    assert_same(ours, nilearn_fmriprep.load_confounds_strategy(image, preset, **options))
+    # nilearn's v21 file moves so much that the scrubbing preset flags every volume (warned).
+    ours = _quiet(fmriprep.load_confounds_strategy, image, preset, **options)
+    assert_same(ours, _quiet(nilearn_fmriprep.load_confounds_strategy, image, preset, **options))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from daskmask.interfaces.fmriprep._files import (
     read_sidecar,
     read_tedana_tables,
 )
-from daskmask.interfaces.fmriprep._scrub import sample_mask_from
+from daskmask.interfaces.fmriprep._scrub import sample_mask_from, user_stacklevel
 
 ConfoundStrategy = Literal[
     "motion",
@@ -43,19 +43,9 @@ CompcorType = Literal[
     "temporal_anat_separated",
 ]
 
-STRATEGY_COMPONENTS: tuple[str, ...] = (
-    "motion",
-    "high_pass",
-    "wm_csf",
-    "global_signal",
-    "compcor",
-    "ica_aroma",
-    "tedana",
-    "scrub",
-    "non_steady_state",
-)
-MODELS = ("basic", "power2", "derivatives", "full")
-COMPCOR_TYPES = tuple(_components.COMPCOR_KINDS)
+STRATEGY_COMPONENTS: tuple[str, ...] = get_args(ConfoundStrategy)
+MODELS: tuple[str, ...] = get_args(ConfoundModel)
+COMPCOR_TYPES: tuple[str, ...] = get_args(CompcorType)
 ICA_AROMA_TYPES = ("full", "basic")
 TEDANA_TYPES = ("aggressive", "non-aggressive")
 
@@ -80,7 +70,7 @@ def _check_strategy(strategy: Any) -> tuple[str, ...]:
             "strategy is empty: no confounds are selected and confounds is None "
             "(non-steady-state volumes still shape the sample mask).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     for component in strategy:
         _check_choice(component, STRATEGY_COMPONENTS, "each strategy component")
@@ -89,7 +79,7 @@ def _check_strategy(strategy: Any) -> tuple[str, ...]:
             "Non-steady-state volumes are always taken out through the sample mask; "
             "'non_steady_state' in strategy changes nothing.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if "compcor" in strategy and "high_pass" not in strategy:
         raise ValueError(
@@ -398,7 +388,7 @@ def load_confounds(
                 "*_desc-tedana_metrics.tsv only; the other components "
                 f"{[item for item in strategy if item != 'tedana']} are not applied.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     options = {
         "motion": motion,

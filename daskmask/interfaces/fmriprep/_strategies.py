@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from daskmask.interfaces.fmriprep._load import load_confounds
+from daskmask.interfaces.fmriprep._scrub import user_stacklevel
 
 #: Each preset: the components it uses, the options it sets, and which of them
 #: a user may change (``global_signal`` adds the global signal when given).
@@ -101,7 +102,7 @@ def preset_parameters(denoise_strategy: str, **kwargs: Any) -> dict[str, Any]:
             f"The preset '{denoise_strategy}' does not use {sorted(kwargs)}; they are ignored. "
             f"It accepts {adjustable}.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return parameters
 
