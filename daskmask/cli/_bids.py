@@ -138,6 +138,24 @@ def _plan(run: BidsRun, args: argparse.Namespace, params: dict[str, Any], output
     )
 
 
+#: find_runs' parameter names, as the options that set them.
+_SELECTION_OPTIONS = {
+    "participant_label": "--participant-label",
+    "session": "--session",
+    "task": "--task",
+    "run": "--run",
+    "space": "--space",
+}
+
+
+def _option_named_in(message: str) -> str:
+    """Return the selection option a dataset error is about, else the dataset argument."""
+    for name, option in _SELECTION_OPTIONS.items():
+        if f"{name}=" in message:
+            return option
+    return "DERIVATIVES_DIR_OR_URL"
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``daskmask bids``; return the exit status."""
     from daskmask.batch._dataset import find_runs
@@ -156,7 +174,7 @@ def command(args: argparse.Namespace) -> int:
             space=_labels(args.space, "space-"),
         )
     except (DaskmaskError, OSError) as error:
-        raise UsageError("DERIVATIVES_DIR_OR_URL", str(error)) from None
+        raise UsageError(_option_named_in(str(error)), str(error)) from None
     if not runs:
         raise UsageError(
             "DERIVATIVES_DIR_OR_URL",
