@@ -282,4 +282,10 @@ def daskmask_image(
         str(context),
         timeout=1800,
     )
+    # One image per content hash is enough: drop older builds and the build stage's
+    # intermediate image (labelled in the Containerfile), about 1 GB each.
+    listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_NAME)
+    for old in set(listed.stdout.split()) - {image}:
+        podman.run("rmi", old, check=False)
+    podman.run("image", "prune", "-f", "--filter", "label=org.daskmask.stage=build", check=False)
     return image
