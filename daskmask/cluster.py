@@ -1,78 +1,189 @@
-"""Where daskmask computes: the embedded LocalCluster, a scheduler address or a Client.
+"""Where daskmask computes: LocalCluster, job-queue or Kubernetes cluster, address or Client.
 
 daskmask never hides a scheduler inside its estimators: every computation goes
 through ``dask.compute``, so it runs on the distributed Client that is current
 (the one created last, or entered with ``with client:``), and on dask's
 threaded scheduler when there is none. :func:`connect` is the one place that
-creates or joins a cluster.
+creates or joins a cluster:
+
+* ``"local"`` (the default): the embedded LocalCluster on this machine;
+* ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"``, ``"htcondor"``: a dask-jobqueue
+  cluster whose workers are batch jobs (extra ``daskmask[jobqueue]``), set up
+  by dask-jobqueue's own configuration (``jobqueue.yaml``);
+* ``"kubernetes"``: a ``DaskCluster`` created through the Dask Kubernetes
+  operator (extra ``daskmask[kubernetes]``), set up by dask-kubernetes'
+  configuration (``kubernetes.yaml``).
+
+A cluster that :func:`connect` starts belongs to the returned client: closing
+the client stops the cluster, which cancels its batch jobs or deletes its
+pods; so does the end of the process, including after SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
 import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
 
+import dask
 import psutil
 from distributed import Client
+
+from daskmask.exceptions import DaskmaskError
+
+logger = logging.getLogger(__name__)
 
 #: Environment variable naming a scheduler address used when none is passed.
 SCHEDULER_ENV_VAR = "DASKMASK_SCHEDULER"
 
+#: Job-queue kinds and the dask-jobqueue class that starts each.
+JOBQUEUE_CLASSES: dict[str, str] = {
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+    "htcondor": "HTCondorCluster",
+}
+
 #: The kinds of cluster :func:`connect` can start (``cluster=``; ``--scheduler`` of the command).
-CLUSTER_KINDS: tuple[str, ...] = ("local",)
+CLUSTER_KINDS: tuple[str, ...] = ("local", *JOBQUEUE_CLASSES, "kubernetes")
+
+#: What installs the optional packages each kind needs.
+EXTRAS: dict[str, str] = {
+    **{kind: 'pip install "daskmask[jobqueue]"' for kind in JOBQUEUE_CLASSES},
+    "kubernetes": 'pip install "daskmask[kubernetes]"',
+}
+
+#: The dashboard address when none is given (any free port if it is taken).
+DEFAULT_DASHBOARD = ":8787"
+
+# Old dask-jobqueue keyword names, passed on under their current names (no FutureWarning).
+_RENAMED = {
+    "job_extra": "job_extra_directives",
+    "env_extra": "job_script_prologue",
+    "extra": "worker_extra_args",
+    "header_skip": "job_directives_skip",
+}
+
+
+class ClusterError(DaskmaskError, RuntimeError):
+    """A cluster could not be started, reached or configured.
+
+    The message names the kind of cluster, what went wrong and how to fix it.
+    """
+
+
+class ClusterExtraMissingError(ClusterError, ImportError):
+    """The package a kind of cluster needs is not installed (the message names the pip command)."""
+
+
+class ClusterConfigError(ClusterError, ValueError):
+    """A cluster's settings are missing or wrong (jobqueue.yaml, kubeconfig, an argument)."""
 
 
 def connect(
     scheduler: str | Client | None = None,
     *,
     cluster: str | None = None,
+    jobs: int | None = None,
     n_workers: int | None = None,
-    threads_per_worker: int = 1,
-    processes: bool = True,
+    threads_per_worker: int | None = None,
+    processes: bool | int | None = None,
     memory_limit: str | int | None = None,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
+    **overrides: Any,
 ) -> Client:
-    """Return a distributed Client, starting the embedded LocalCluster if needed.
+    """Return a distributed Client, starting a cluster if needed.
 
     Parameters
     ----------
     scheduler : str, distributed.Client or None
         An existing Client (returned as is), a scheduler address such as
-        ``"tcp://10.0.0.5:8786"`` (a Slurm, PBS, SGE or Kubernetes cluster), or
-        None: then the address in the ``DASKMASK_SCHEDULER`` environment
-        variable is used if set, else a LocalCluster is started on this machine.
+        ``"tcp://10.0.0.5:8786"`` (a scheduler started by hand, by an sbatch
+        script or by the Kubernetes operator), or None: then the address in
+        the ``DASKMASK_SCHEDULER`` environment variable is used if set, else
+        the cluster of kind ``cluster`` is started.
     cluster : str or None, default=None
         The kind of cluster to start when no scheduler is given, one of
-        :data:`CLUSTER_KINDS`; None or ``"local"`` is the embedded LocalCluster.
+        :data:`CLUSTER_KINDS`. None or ``"local"`` is the embedded
+        LocalCluster; ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"`` and
+        ``"htcondor"`` start a dask-jobqueue cluster whose workers are batch
+        jobs; ``"kubernetes"`` creates a DaskCluster through the Dask operator.
+    jobs : int, optional
+        Batch jobs (job-queue kinds) or worker pods (``"kubernetes"``) to ask
+        for now; the batch command passes the number of runs in flight.
+        Default: one job, or the ``kubernetes.count.start`` setting. 0 starts
+        the scheduler alone (scale it later with :func:`scale_jobs`). Ignored
+        by the LocalCluster, which ``n_workers`` sizes.
     n_workers : int, optional
         Workers of the LocalCluster; default one per CPU core.
-    threads_per_worker : int, default=1
-        Threads per LocalCluster worker. NumPy and the gzip decoders release
-        the GIL, but one thread per process keeps memory per worker predictable.
-    processes : bool, default=True
-        Workers as separate processes (True) or as threads of this process
-        (False: no start-up of processes, no pickling between them, the
-        dashboard still served; good for small runs in a notebook).
+    threads_per_worker : int, optional
+        Threads per LocalCluster worker, default 1. NumPy and the gzip
+        decoders release the GIL, but one thread per process keeps memory
+        per worker predictable.
+    processes : bool or int, optional
+        LocalCluster: workers as separate processes (True, the default) or
+        as threads of this process (False: no start-up of processes, no
+        pickling between them, the dashboard still served). Job-queue kinds:
+        worker processes per job (an int; default from ``jobqueue.yaml``,
+        else dask-jobqueue's choice from ``cores``).
     memory_limit : str or int, optional
         Memory limit per LocalCluster worker; default an equal share of 90 %
-        of this machine's memory.
+        of this machine's memory. Job queues take ``memory=`` (per job).
     dashboard_address : str or None, default=":8787"
-        Where the LocalCluster serves the Dask dashboard (any free port if
-        8787 is taken); None disables it.
+        Where the scheduler serves the Dask dashboard (any free port if the
+        one asked for is taken); None disables it. For job-queue kinds a
+        ``scheduler-options: {dashboard_address: ...}`` setting is used
+        unless another value than the default is passed here.
+    **overrides
+        Settings of the cluster class, each overriding the configuration:
+        for job-queue kinds dask-jobqueue's keywords (``cores``, ``memory``,
+        ``queue``, ``account``, ``walltime``, ``interface``,
+        ``local_directory``, ``job_extra_directives``,
+        ``job_script_prologue``, ``worker_extra_args``, ``log_directory``,
+        ``scheduler_options``, ...; ``local-directory`` spellings are
+        accepted); for ``"kubernetes"`` those of
+        ``dask_kubernetes.operator.KubeCluster`` (``image``, ``namespace``,
+        ``resources``, ``env``, ``custom_cluster_spec``, ...); for the
+        LocalCluster those of ``distributed.LocalCluster``.
 
     Returns
     -------
     distributed.Client
         The client, which is also made the current one. Close it (or use it as
-        a context manager) to stop an embedded LocalCluster.
+        a context manager) to stop a cluster that ``connect`` started: batch
+        jobs are cancelled, pods deleted, LocalCluster workers stopped.
+
+    Raises
+    ------
+    ClusterExtraMissingError
+        dask-jobqueue or dask-kubernetes is not installed (an ``ImportError``).
+    ClusterConfigError
+        An unknown kind, settings the cluster class refuses, no ``cores`` or
+        ``memory`` in the job-queue configuration, no kubeconfig (a ``ValueError``).
+    ClusterError
+        The batch system refused the jobs, or the Kubernetes API did not answer.
 
     """
     if isinstance(scheduler, Client):
         return scheduler
     if cluster is not None and cluster not in CLUSTER_KINDS:
-        raise ValueError(
+        raise ClusterConfigError(
             f"cluster={cluster!r} is not a kind of cluster daskmask can start; "
             f"use one of {', '.join(map(repr, CLUSTER_KINDS))}, or pass a scheduler address."
         )
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
+        raise ClusterConfigError(f"jobs={jobs!r}: expected a whole number >= 0 of jobs to start.")
     address = scheduler if scheduler is not None else os.environ.get(SCHEDULER_ENV_VAR)
     if address:
         if not isinstance(address, str):
@@ -81,6 +192,32 @@ def connect(
                 f"'tcp://host:8786', or None; got {type(address).__name__}."
             )
         return Client(address)
+    if cluster in JOBQUEUE_CLASSES:
+        _refuse_local_options(cluster, n_workers, threads_per_worker, memory_limit)
+        started = _start_jobqueue(cluster, processes, dashboard_address, overrides)
+        return _own(started, jobs if jobs is not None else 1, cluster)
+    if cluster == "kubernetes":
+        _refuse_local_options(cluster, n_workers, threads_per_worker, memory_limit)
+        if processes is not None:
+            raise ClusterConfigError(
+                "processes= does not apply to cluster='kubernetes': a worker pod runs one "
+                "worker; set its threads in the worker command of the cluster spec."
+            )
+        return _own(_start_kubernetes(jobs, overrides), None, cluster)
+    return _start_local(
+        n_workers, threads_per_worker, processes, memory_limit, dashboard_address, overrides
+    )
+
+
+def _start_local(
+    n_workers: int | None,
+    threads_per_worker: int | None,
+    processes: bool | int | None,
+    memory_limit: str | int | None,
+    dashboard_address: str | None,
+    overrides: dict[str, Any],
+) -> Client:
+    """Start the embedded LocalCluster, owned by the returned client."""
     n_workers = n_workers or max(1, os.cpu_count() or 1)
     if memory_limit is None:
         memory_limit = int(0.9 * psutil.virtual_memory().total / n_workers)
@@ -88,8 +225,345 @@ def connect(
     # client also stops the workers.
     return Client(
         n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=processes,
+        threads_per_worker=threads_per_worker or 1,
+        processes=True if processes is None else bool(processes),
         memory_limit=memory_limit,
         dashboard_address=dashboard_address,
+        **overrides,
     )
+
+
+def _refuse_local_options(kind: str, *values: object) -> None:
+    """LocalCluster sizes mean nothing to a batch system: say what replaces them."""
+    names = ("n_workers", "threads_per_worker", "memory_limit")
+    given = [name for name, value in zip(names, values, strict=True) if value is not None]
+    if given:
+        replacement = (
+            "jobs= (pods) and the worker resources of the cluster spec"
+            if kind == "kubernetes"
+            else "jobs=, cores=, memory= and processes= (per job), or jobqueue.yaml"
+        )
+        raise ClusterConfigError(
+            f"{', '.join(given)} only size the LocalCluster; cluster={kind!r} takes {replacement}."
+        )
+
+
+def _import_extra(kind: str, module: str) -> Any:
+    """Import the optional package of ``kind``, or say which extra installs it."""
+    import importlib
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ClusterExtraMissingError(
+            f"cluster={kind!r} needs the package {module.split('.')[0].replace('_', '-')}, "
+            f"which is not installed ({error}); install it with: {EXTRAS[kind]}"
+        ) from error
+    finally:
+        # Importing dask_jobqueue (its runner module) makes Ctrl-C call sys.exit(),
+        # which would end a batch with status 0: keep the handler this process had.
+        if main_thread and signal.getsignal(signal.SIGINT) is not before and before is not None:
+            signal.signal(signal.SIGINT, before)
+
+
+def _python_names(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``local-directory`` -> ``local_directory``; deprecated dask-jobqueue names -> current."""
+    named: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        named[_RENAMED.get(name, name)] = value
+    return named
+
+
+def _start_jobqueue(
+    kind: str,
+    processes: bool | int | None,
+    dashboard_address: str | None,
+    overrides: dict[str, Any],
+) -> Any:
+    """Start the dask-jobqueue cluster of ``kind`` (its scheduler only: no job yet)."""
+    module = _import_extra(kind, "dask_jobqueue")
+    cluster_class = getattr(module, JOBQUEUE_CLASSES[kind])
+    options = _python_names(overrides)
+    if processes is not None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ClusterConfigError(
+                f"processes={processes!r}: cluster={kind!r} takes the number of worker "
+                "processes per job (a whole number >= 1)."
+            )
+        options["processes"] = processes
+    # dask-jobqueue reads scheduler options from its configuration only when none
+    # are passed: merge them so that a dashboard address does not drop the others.
+    scheduler_options = {
+        **(dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}),
+        **(options.pop("scheduler_options", None) or {}),
+    }
+    if dashboard_address is None:
+        scheduler_options["dashboard"] = False
+        scheduler_options.pop("dashboard_address", None)
+    elif dashboard_address != DEFAULT_DASHBOARD or "dashboard_address" not in scheduler_options:
+        scheduler_options["dashboard_address"] = dashboard_address
+    try:
+        return cluster_class(scheduler_options=scheduler_options, **options)
+    except (TypeError, ValueError) as error:
+        text = str(error)
+        if "cores and memory" in text:
+            raise ClusterConfigError(
+                f"cluster={kind!r} needs the cores and memory of one job: set "
+                f"jobqueue.{kind}.cores and jobqueue.{kind}.memory in a jobqueue.yaml "
+                "(~/.config/dask/, or a folder named by DASK_CONFIG; example: "
+                "deploy/slurm/jobqueue.yaml), or pass cores= and memory=."
+            ) from error
+        raise ClusterConfigError(
+            f"{JOBQUEUE_CLASSES[kind]} refused these settings ({text}); check the arguments "
+            f"and the jobqueue.{kind} section of jobqueue.yaml."
+        ) from error
+
+
+def _kubeconfig_or_fail() -> None:
+    """Fail early, with the fix, when no Kubernetes API server is configured."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return  # inside a pod: the service account is the configuration
+    named = [Path(p) for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates = named or [Path.home() / ".kube" / "config"]
+    if any(path.is_file() for path in candidates):
+        return
+    where = "$KUBECONFIG (" + ", ".join(map(str, named)) + ")" if named else str(candidates[0])
+    raise ClusterConfigError(
+        f"cluster='kubernetes' needs access to a Kubernetes API server, and {where} names no "
+        "kubeconfig file. Fix: get the cluster's kubeconfig (e.g. `kubectl config view "
+        "--raw > ~/.kube/config` where kubectl works, or your provider's "
+        "`... get-credentials` command) and set KUBECONFIG to it; the Dask operator must be "
+        "installed in the cluster (deploy/kubernetes/README.md)."
+    )
+
+
+def _start_kubernetes(jobs: int | None, overrides: dict[str, Any]) -> Any:
+    """Create a DaskCluster through the Dask Kubernetes operator."""
+    operator = _import_extra("kubernetes", "dask_kubernetes.operator")
+    _kubeconfig_or_fail()
+    options = _python_names(overrides)
+    if jobs is not None:
+        options["n_workers"] = jobs
+    # A name of our own, so that a cluster whose start fails can be forgotten
+    # (dask-kubernetes would otherwise try to delete it again at exit).
+    name = dask.config.get("kubernetes.name", override_with=options.pop("name", None))
+    options["name"] = name.replace("{uuid}", uuid.uuid4().hex[:10])
+    try:
+        return operator.KubeCluster(**options)
+    except (TypeError, ValueError) as error:
+        _forget_kube_cluster(operator, options["name"])
+        raise ClusterConfigError(
+            f"KubeCluster refused these settings or credentials ({error}); check the "
+            "arguments, the kubernetes section of the dask configuration and the kubeconfig."
+        ) from error
+    except Exception as error:
+        _forget_kube_cluster(operator, options["name"])
+        raise ClusterError(
+            f"could not create the DaskCluster {options['name']!r} through the Kubernetes API "
+            f"({type(error).__name__}: {error}). Check that `kubectl get daskclusters` works "
+            "from this machine (API server reachable, operator installed: "
+            "deploy/kubernetes/README.md)."
+        ) from error
+
+
+def _forget_kube_cluster(operator: Any, name: str) -> None:
+    for instance in list(operator.KubeCluster._instances):
+        if getattr(instance, "name", None) == name:
+            operator.KubeCluster._instances.discard(instance)
+
+
+# --- the returned client owns the cluster ------------------------------------------------------
+
+
+class _ClusterClient(Client):
+    """A Client that stops the cluster :func:`connect` started for it when it closes."""
+
+    _daskmask_cluster: Any = None
+
+    def close(self, timeout: Any = None) -> Any:
+        """Close the client, then its cluster (cancelling jobs, deleting pods)."""
+        cluster = self._daskmask_cluster
+        try:
+            return super().close() if timeout is None else super().close(timeout=timeout)
+        finally:
+            if cluster is not None:
+                self._daskmask_cluster = None
+                _stop(cluster, timeout=timeout)
+
+
+#: Clusters started by :func:`connect` and not closed yet: stopped at exit and on SIGTERM.
+_RUNNING: weakref.WeakSet[Any] = weakref.WeakSet()
+_exit_hooks_installed = False
+
+
+def _own(cluster: Any, jobs: int | None, kind: str) -> Client:
+    """Wrap ``cluster`` in a client that owns it, ask for ``jobs`` jobs, log the dashboard."""
+    _install_exit_hooks()
+    _RUNNING.add(cluster)
+    try:
+        client = _ClusterClient(cluster)
+        client._daskmask_cluster = cluster
+        if jobs:
+            scale_jobs(client, jobs)
+    except BaseException:
+        _stop(cluster, timeout=10)
+        raise
+    link = dashboard_link(client)
+    logger.info("%s cluster started; %s", kind, dashboard_message(client) or "no dashboard")
+    if link is None:
+        logger.debug("the %s scheduler serves no dashboard", kind)
+    return client
+
+
+def scale_jobs(client: Client, jobs: int) -> None:
+    """Ask the cluster ``client`` owns for ``jobs`` jobs (or pods) in all.
+
+    Waits until the batch system accepted the jobs (not until they run: a
+    queue may hold them for hours), so that a refused job script (an unknown
+    queue or account, a walltime over the limit) raises here instead of
+    leaving a computation waiting for workers that never come.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client returned by :func:`connect` for a job-queue or Kubernetes kind.
+    jobs : int
+        Jobs wanted; fewer than now cancels the surplus.
+
+    Raises
+    ------
+    ClusterError
+        The client owns no cluster that scales by jobs, or the batch system
+        refused the job submission (the message quotes its answer).
+
+    """
+    cluster = getattr(client, "_daskmask_cluster", None)
+    if cluster is None or not hasattr(cluster, "scale"):
+        raise ClusterError(
+            "scale_jobs() needs a client returned by connect(cluster=...) for a job-queue or "
+            "Kubernetes cluster; this client does not own such a cluster."
+        )
+    if hasattr(cluster, "job_cls"):
+        cluster.scale(jobs=jobs)
+        try:
+            # SpecCluster submits in the background and only logs a refusal;
+            # wait for the submissions so that a refusal reaches the caller.
+            cluster.sync(cluster._correct_state)
+        except RuntimeError as error:
+            raise ClusterError(
+                f"the batch system refused the dask worker job ({error}). Check queue, "
+                "account, walltime, cores and memory in the arguments or jobqueue.yaml; "
+                "`print(client.cluster.job_script())` shows the script that was submitted."
+            ) from error
+    else:
+        cluster.scale(jobs)
+
+
+def _stop(cluster: Any, timeout: Any = None) -> None:
+    """Close ``cluster``; cancel by hand any batch job it still lists (the last resort)."""
+    _RUNNING.discard(cluster)
+    try:
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=timeout if isinstance(timeout, int | float) else 30)
+    finally:
+        _cancel_left_jobs(cluster)
+
+
+def _cancel_left_jobs(cluster: Any) -> None:
+    """Cancel, with the batch system's own command, the jobs a failed close left behind."""
+    for job in list(getattr(cluster, "workers", {}).values()):
+        job_id = getattr(job, "job_id", None)
+        command = getattr(job, "cancel_command", None)
+        if job_id and command:
+            subprocess.run(
+                [*shlex.split(command), str(job_id)], capture_output=True, timeout=30, check=False
+            )
+
+
+def _stop_all_at_exit() -> None:
+    for cluster in list(_RUNNING):
+        _stop(cluster, timeout=10)
+
+
+def _terminate(number: int, frame: Any) -> None:
+    """SIGTERM: unwind as an exit does, so that ``with`` blocks and atexit stop the cluster."""
+    # A second SIGTERM while the jobs are being cancelled ends the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + number)
+
+
+def _install_exit_hooks() -> None:
+    """Stop started clusters at exit; make SIGTERM an exit (its default kills without cleanup).
+
+    SIGINT already raises KeyboardInterrupt, which unwinds the same way. A
+    SIGTERM handler the program installed itself is left alone.
+    """
+    global _exit_hooks_installed
+    if _exit_hooks_installed:
+        return
+    _exit_hooks_installed = True
+    atexit.register(_stop_all_at_exit)
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _terminate)
+
+
+# --- the dashboard -----------------------------------------------------------------------------
+
+
+def dashboard_link(client: Client) -> str | None:
+    """Return the URL of the Dask dashboard of ``client``'s scheduler (None without one).
+
+    For a Kubernetes cluster this is the address dask-kubernetes port-forwarded
+    to this machine (or the scheduler service's address inside the cluster).
+    """
+    try:
+        link = client.dashboard_link
+    except (AttributeError, KeyError, TypeError, OSError):
+        return None
+    return link or None
+
+
+def dashboard_message(client: Client) -> str | None:
+    """One line to print or log: the dashboard link and, on a cluster, how to reach it.
+
+    A job-queue scheduler runs on this machine (often an HPC login node that a
+    laptop cannot reach directly): the line adds the SSH tunnel to open. On
+    Kubernetes it adds the ``kubectl port-forward`` that reaches the scheduler
+    service from outside the cluster.
+
+    Returns
+    -------
+    str or None
+        ``"Dask dashboard: http://..."`` with the hint, None without a dashboard.
+
+    """
+    link = dashboard_link(client)
+    if link is None:
+        return None
+    cluster = getattr(client, "_daskmask_cluster", None) or getattr(client, "cluster", None)
+    module = type(cluster).__module__ if cluster is not None else ""
+    message = f"Dask dashboard: {link}"
+    if module.startswith("dask_jobqueue"):
+        host, port = _host_port(link)
+        message += (
+            f" (from your own machine: ssh -N -L {port}:{host}:{port} "
+            f"{socket.getfqdn()}, then open http://localhost:{port}/status)"
+        )
+    elif module.startswith("dask_kubernetes"):
+        name = getattr(cluster, "name", "CLUSTER")
+        message += (
+            f" (from outside the cluster: kubectl port-forward service/{name}-scheduler "
+            "8787:8787, then open http://localhost:8787/status)"
+        )
+    return message
+
+
+def _host_port(link: str) -> tuple[str, str]:
+    """``http://10.0.0.5:8787/status`` -> ``("10.0.0.5", "8787")``."""
+    netloc = link.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = netloc.rpartition(":")
+    return (host or netloc), (port or "8787")
