@@ -14,7 +14,6 @@ from typing import IO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TaskID,
@@ -45,13 +44,14 @@ class BatchProgress:
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}"),
             TimeElapsedColumn(),
             console=self.console,
             disable=not self.enabled,
             transient=False,
         )
-        self._batch = self._progress.add_task("runs", total=total)
+        self._batch = self._progress.add_task("runs", total=total, count=f"0/{total}")
+        self._total = total
         self._runs: dict[str, TaskID] = {}
         self._counts = {"done": 0, "skipped": 0, "failed": 0}
         self._lock = threading.Lock()
@@ -76,7 +76,7 @@ class BatchProgress:
     def started(self, label: str) -> None:
         """Show a run as in hand."""
         with self._lock:
-            self._runs[label] = self._progress.add_task(f"  {label}", total=None)
+            self._runs[label] = self._progress.add_task(f"  {label}", total=None, count="")
 
     def finished(self, label: str, outcome: RunOutcome) -> None:
         """Count a run that is over (done, skipped or failed)."""
@@ -86,4 +86,10 @@ class BatchProgress:
                 self._progress.remove_task(task)
             self._counts[outcome.status] += 1
             counts = ", ".join(f"{n} {status}" for status, n in self._counts.items() if n)
-            self._progress.update(self._batch, advance=1, description=f"runs ({counts})")
+            finished = sum(self._counts.values())
+            self._progress.update(
+                self._batch,
+                advance=1,
+                description=f"runs ({counts})",
+                count=f"{finished}/{self._total}",
+            )
