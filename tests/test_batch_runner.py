@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -122,7 +123,12 @@ def test_runs_in_flight_are_bounded(dataset: Path, tmp_path: Path) -> None:
     assert progress.most == 2
     # a second look finds them all complete with the same recipe
     assert [item.action for item in prepare(plans)] == ["skip"] * 4
-    assert recipe(plans[0])["masker_params"]["mask_strategy"] == "epi"
+    # every choice is in the recipe: the confounds strategy and the mask choice too
+    first = recipe(plans[0])
+    assert first["masker_params"]["mask_strategy"] == "epi"
+    assert recipe(replace(plans[0], confounds_strategy="simple")) != first
+    assert recipe(replace(plans[0], mask="fmriprep")) != first
+    assert decide(recipe(replace(plans[0], confounds_args={"motion": "full"})), first)[0] == "run"
 
 
 # ------------------------------------------------------------------ the command
@@ -174,14 +180,8 @@ def test_resume_skips_redoes_changed_retries_failed_and_force(
     assert all(
         open_results(p).masker_params["standardize"] == "zscore_sample" for p in _stores(output)
     )
-    # so does the confounds strategy, a part of the recipe
-    fifth = daskmask("bids", root, output, *common, "--standardize", "zscore_sample",
-                     "--confounds-strategy", "none")  # fmt: skip
-    assert set(statuses(output).values()) == {"done"}, fifth.stderr
-
     # --force redoes all, even what is complete and unchanged
-    forced = daskmask("bids", root, output, *common, "--standardize", "zscore_sample",
-                      "--confounds-strategy", "none", "--force")  # fmt: skip
+    forced = daskmask("bids", root, output, *common, "--standardize", "zscore_sample", "--force")
     assert forced.returncode == 0, forced.stderr
     assert set(statuses(output).values()) == {"done"}
     assert "4 done" in forced.stdout
@@ -237,7 +237,7 @@ def slow_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT", "SIGTERM"])
 def test_a_stopped_batch_finishes_on_the_next_call(
     slow_dataset: Path, tmp_path: Path, how: str
 ) -> None:
@@ -251,8 +251,8 @@ def test_a_stopped_batch_finishes_on_the_next_call(
     if how == "SIGKILL":
         assert process.returncode == -signal.SIGKILL
     else:
-        assert process.returncode == 128 + signal.SIGINT, stderr
-        assert "Traceback" not in stderr and "stopped by SIGINT" in stderr
+        assert process.returncode == 128 + getattr(signal, how), stderr
+        assert "Traceback" not in stderr and f"stopped by {how}" in stderr
         rows = summary_rows(output)
         assert len(rows) == 6  # one row per selected run, unfinished ones failed
         assert {row["status"] for row in rows.values()} <= {"done", "failed"}

@@ -109,6 +109,27 @@ def test_the_script_exits_2_without_a_traceback(
     assert "Traceback" not in finished.stderr
 
 
+def test_default_scheduler_rule(monkeypatch) -> None:
+    """Threads for at most one small run, else a LocalCluster; the option, then the variable."""
+    from daskmask.batch._runner import Prepared, RunPlan
+    from daskmask.cli._batch import SMALL_RUN_BYTES, choose_scheduler
+
+    def item(size: int, action: str = "run") -> Prepared:
+        plan = RunPlan(input=f"in-{size}.nii", output="out.zarr", params={})
+        files = {plan.input: {"size": size, "version": "v"}}
+        return Prepared(plan, {"files": files}, action, "")
+
+    monkeypatch.delenv("DASKMASK_SCHEDULER", raising=False)
+    assert choose_scheduler(None, [item(10)]) == "threads"
+    assert choose_scheduler(None, [item(10), item(20, "skip")]) == "threads"
+    assert choose_scheduler(None, [item(SMALL_RUN_BYTES)]) == "local"
+    assert choose_scheduler(None, [item(10), item(20)]) == "local"
+    assert choose_scheduler("tcp://h:8786", [item(10)]) == "tcp://h:8786"
+    monkeypatch.setenv("DASKMASK_SCHEDULER", "tcp://env:8786")
+    assert choose_scheduler(None, [item(10)]) == "tcp://env:8786"
+    assert choose_scheduler("threads", [item(10), item(20)]) == "threads"
+
+
 # ------------------------------------------------------------------ parity
 
 
