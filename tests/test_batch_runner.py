@@ -290,6 +290,8 @@ def test_a_batch_on_a_local_cluster(dataset: Path, tmp_path: Path) -> None:
                         "--detrend", "--scheduler", "local", timeout=180)  # fmt: skip
     assert finished.returncode == 0, finished.stderr
     assert set(statuses(tmp_path / "local").values()) == {"done"}
+    assert "Dask dashboard: http" in finished.stdout  # a plain line in a log
+    assert "Dask dashboard" not in threads.stdout  # no cluster, no dashboard
     for store in _stores(tmp_path / "local"):
         twin = tmp_path / "threads" / store.relative_to(tmp_path / "local")
         np.testing.assert_allclose(

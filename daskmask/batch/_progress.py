@@ -1,7 +1,8 @@
 """Progress of a batch on the terminal (rich): the whole batch, the runs in hand, the dashboard.
 
 When standard output is not a terminal (a log file, a pipe, a job's output)
-nothing is drawn; the command still prints its summary at the end.
+no progress is drawn: only the dashboard link and, at the end, the summary
+are printed, as plain lines.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ class BatchProgress:
         self._progress.stop()
 
     def note(self, text: str) -> None:
-        """Print a line above the bars (the dashboard link); only on a terminal."""
+        """Print a line above the bars, or as a plain line off a terminal (a job's log)."""
         if self.enabled:
             self._progress.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=self.console.file, flush=True)
 
     def started(self, label: str) -> None:
         """Show a run as in hand."""
