@@ -216,7 +216,8 @@ def test_config_file_then_options_and_t_r_defaults(dataset: Path, tmp_path: Path
     )
     output = tmp_path / "out"
     finished = daskmask("bids", root, output, "--config", config, "--no-detrend",
-                        "--confounds-strategy", "none", "--scheduler", "threads")  # fmt: skip
+                        "--confounds-strategy", "none", "--mask", "epi",
+                        "--scheduler", "threads")  # fmt: skip
     assert finished.returncode == 0, finished.stderr
     params = {
         Path(row["input"]).name: open_results(row["output"]).masker_params
@@ -227,13 +228,22 @@ def test_config_file_then_options_and_t_r_defaults(dataset: Path, tmp_path: Path
     for values in params.values():
         assert values["detrend"] is False  # the command line wins over the file
         assert values["standardize"] == "zscore_sample" and values["low_pass"] == 0.1
+        assert values["mask_strategy"] == "epi" and values["mask_img"] is None  # per run
 
+    one_mask = _companion(first, "desc-brain_mask.nii.gz")
     explicit = daskmask("bids", root, output, "--config", config, "--t-r", "3",
-                        "--confounds-strategy", "none", "--scheduler", "threads")  # fmt: skip
+                        "--confounds-strategy", "none", "--mask", one_mask,
+                        "--scheduler", "threads")  # fmt: skip
     assert explicit.returncode == 0, explicit.stderr
+    masks = []
     for row in summary_rows(output).values():
         assert row["status"] == "done"  # another t_r is another recipe
-        assert open_results(row["output"]).masker_params["t_r"] == 3.0
+        results = open_results(row["output"])
+        assert results.masker_params["t_r"] == 3.0
+        assert results.masker_params["mask_img"] == str(one_mask)  # one mask for every run
+        masks.append(np.asarray(results.mask_img.dataobj))
+    np.testing.assert_array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(masks[0] > 0, np.asarray(nib.load(one_mask).dataobj) > 0)
 
     # no sidecar: the header's repetition time
     image = nib.load(second)

@@ -32,6 +32,7 @@ from daskmask._fs import is_url, locate
 from daskmask._json import json_safe
 from daskmask.batch._progress import BatchProgress
 from daskmask.batch._summary import RunOutcome, write_summary
+from daskmask.interfaces.fmriprep import load_confounds_strategy
 from daskmask.maskers import NiftiMasker
 from daskmask.reading import open_nifti
 from daskmask.storage import (
@@ -237,8 +238,6 @@ def mask_run(plan: RunPlan, current: Mapping[str, Any]) -> tuple[int, int]:
     sample_mask = None
     with _local_copy(plan.confounds) as confounds:
         if plan.confounds_strategy is not None:
-            from daskmask.interfaces.fmriprep import load_confounds_strategy
-
             confounds, sample_mask = load_confounds_strategy(
                 plan.input, denoise_strategy=plan.confounds_strategy, **plan.confounds_args
             )
