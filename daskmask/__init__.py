@@ -9,7 +9,7 @@ import importlib
 
 from daskmask import signal
 from daskmask._version import __version__
-from daskmask.maskers import NiftiMasker
+from daskmask.maskers import MultiNiftiMasker, NiftiMasker
 from daskmask.masking import (
     compute_background_mask,
     compute_brain_mask,
@@ -23,6 +23,7 @@ from daskmask.masking import (
 from daskmask.reading import open_nifti
 
 __all__ = [
+    "MultiNiftiMasker",
     "NiftiMasker",
     "Results",
     "__version__",
@@ -39,6 +40,7 @@ __all__ = [
     "open_nifti",
     "open_results",
     "save",
+    "save_many",
     "signal",
 ]
 
@@ -53,6 +55,7 @@ _LAZY = {
     "Results": ("daskmask.storage", "Results"),
     "open_results": ("daskmask.storage", "open_results"),
     "save": ("daskmask.storage", "save"),
+    "save_many": ("daskmask.storage", "save_many"),
 }
 
 

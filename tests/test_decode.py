@@ -80,7 +80,7 @@ def test_decode_refuses_other_inputs(tmp_path):
     assert gzip_source(dm.open_nifti(plain)) is None
     assert gzip_source(dm.open_nifti(nib.Nifti1Image(data, np.eye(4)))) is None
     gz = _save(tmp_path, data, "run.nii.gz")
-    assert gzip_source(dm.open_nifti([gz, gz])) is None
+    assert gzip_source(dm.open_nifti([gz, gz], concat="time")) is None
     assert gzip_source(dm.open_nifti(gz).isel(time=slice(0, 2))) is None
     with pytest.raises(ValueError, match="one .nii.gz file or"):
         decode_once(dm.open_nifti(plain), tmp_path, chunk_volumes=2)

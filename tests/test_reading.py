@@ -405,10 +405,15 @@ def test_stacked_array_indexing_matches_numpy(tmp_path: Path, rng) -> None:
     assert_same_data(restored[(slice(None),) * 4], expected)
 
 
-def test_list_of_4d_files_concatenated(tmp_path: Path, rng) -> None:
+def test_list_of_4d_files_concatenated_on_request(tmp_path: Path, rng) -> None:
     runs = [rng.integers(0, 50, size=(3, 3, 3, n), dtype=np.int16) for n in (4, 7, 2)]
     paths = [write_nifti(tmp_path / f"run{i}.nii", r, slope=0.5) for i, r in enumerate(runs)]
-    array = open_nifti(paths, chunks=3)
+    # a list of runs is 5D (nilearn refuses it too): concatenation is asked for
+    with pytest.raises(DimensionError, match=r"list of 3 images of which 3 4D.*MultiNiftiMasker"):
+        open_nifti(paths)
+    with pytest.raises(ValueError, match="concat must be None or 'time'"):
+        open_nifti(paths, concat="space")
+    array = open_nifti(paths, chunks=3, concat="time")
     expected = np.concatenate([nibabel_data(p) for p in paths], axis=-1)
     assert array.chunks[3] == (3, 3, 3, 3, 1)
     assert_same_data(array.values, expected)
@@ -490,7 +495,7 @@ def test_list_mixing_files_and_in_memory_images(run_4d: Path, rng) -> None:
     reference = nib.load(run_4d)
     volume = rng.standard_normal(reference.shape[:3])  # float64 in memory
     in_memory = nib.Nifti1Image(volume, reference.affine)
-    array = open_nifti([in_memory, run_4d, in_memory], chunks=5)
+    array = open_nifti([in_memory, run_4d, in_memory], chunks=5, concat="time")
     expected = np.concatenate(
         [volume[..., None], nibabel_data(run_4d), volume[..., None]], axis=-1
     )
@@ -510,7 +515,7 @@ def test_data_array_returned_unchanged_or_rechunked(run_4d: Path) -> None:
 
 def test_list_of_data_arrays(run_4d: Path) -> None:
     array = open_nifti(run_4d)
-    both = open_nifti([array, array], chunks=6)
+    both = open_nifti([array, array], chunks=6, concat="time")
     assert both.shape[3] == 2 * array.shape[3]
     assert_same_data(both.values, np.concatenate([array.values] * 2, axis=-1))
     assert both.attrs["t_r"] == array.attrs["t_r"]

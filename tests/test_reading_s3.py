@@ -110,13 +110,14 @@ def test_globs_and_lists_of_urls(s3_server, s3_bucket, tmp_path):
     for index in (2, 0, 1):
         local = _save(tmp_path / f"run-{index}.nii.gz", _epi(index, (5, 6, 4, 3)))
         urls.append(_upload(s3_server, local, f"s3://{s3_bucket}/runs/run-{index}.nii.gz"))
-    by_glob = dm.open_nifti(f"s3://{s3_bucket}/runs/run-*.nii.gz")
+    by_glob = dm.open_nifti(f"s3://{s3_bucket}/runs/run-*.nii.gz", concat="time")
     assert by_glob.attrs["source"] == sorted(urls)
     local_files = sorted(str(path) for path in tmp_path.glob("run-*.nii.gz"))
-    _same(by_glob, dm.open_nifti(local_files))
-    by_list = dm.open_nifti(urls)
+    _same(by_glob, dm.open_nifti(local_files, concat="time"))
+    by_list = dm.open_nifti(urls, concat="time")
     assert by_list.attrs["source"] == urls
-    _same(by_list, dm.open_nifti([str(tmp_path / Path(url).name) for url in urls]))
+    local_list = [str(tmp_path / Path(url).name) for url in urls]
+    _same(by_list, dm.open_nifti(local_list, concat="time"))
 
 
 @pytest.mark.timeout(60)

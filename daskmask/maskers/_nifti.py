@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -189,9 +189,12 @@ class NiftiMasker(BaseEstimator):
         Parameters
         ----------
         imgs : path, glob, list of images, nibabel image, DataArray or None
-            The run(s) to compute the mask from: anything
-            :func:`daskmask.open_nifti` opens. A list of 4D runs is
-            concatenated along time. Only needed when ``mask_img`` is None.
+            The run to compute the mask from: anything
+            :func:`daskmask.open_nifti` opens. As in nilearn, a list of 4D
+            runs is accepted here and the mask computed from all their
+            volumes, but :meth:`transform` refuses it (one run at a time, or
+            :class:`daskmask.MultiNiftiMasker`). Only needed when
+            ``mask_img`` is None.
         y : None
             Ignored; present for scikit-learn pipelines.
 
@@ -202,6 +205,13 @@ class NiftiMasker(BaseEstimator):
 
         """
         del y
+        return self._fit(imgs, concat="time")
+
+    #: Whether ``fit`` accepts a mask with no voxel (nilearn's MultiNiftiMasker does).
+    _allow_empty_mask = False
+
+    def _fit(self, imgs: Any, concat: Literal["time"] | None) -> NiftiMasker:
+        """Fit on ``imgs``, a list of 4D runs concatenated in time with ``concat``."""
         _params.validate_params(self)
         self._forget_fit()
 
@@ -210,7 +220,7 @@ class NiftiMasker(BaseEstimator):
             description = describe_images(imgs, self.verbose)
             if description is not None:
                 log(f"Loading data from {description}", self.verbose)
-            data = open_nifti(imgs)
+            data = self._open_fit_input(imgs, concat)
 
         mask_img = self._load_user_mask()
         fitted_run = None
@@ -228,7 +238,7 @@ class NiftiMasker(BaseEstimator):
                 "(imgs != None) while a mask was given at masker creation. "
                 "Given mask will be used.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
         unresampled_mask_img = mask_img
@@ -241,7 +251,7 @@ class NiftiMasker(BaseEstimator):
                 interpolation="nearest",
                 copy=False,
             )
-        mask = np.asarray(load_mask_img(mask_img, allow_empty=False)[0], dtype=bool)
+        mask = np.asarray(load_mask_img(mask_img, allow_empty=self._allow_empty_mask)[0], bool)
 
         # Assign the fitted state only once everything succeeded.
         self.clean_args_ = {} if self.clean_args is None else dict(self.clean_args)
@@ -259,6 +269,10 @@ class NiftiMasker(BaseEstimator):
         log("Finished fit", self.verbose)
         return self
 
+    def _open_fit_input(self, imgs: Any, concat: Literal["time"] | None) -> Any:
+        """Open what ``fit`` computes the mask from (headers only)."""
+        return open_nifti(imgs, concat=concat)
+
     # ------------------------------------------------------------ transform
 
     @logged_method
@@ -268,7 +282,9 @@ class NiftiMasker(BaseEstimator):
         Parameters
         ----------
         imgs : path, glob, list of images, nibabel image or DataArray
-            A 4D run (or a 3D volume, or a list of 3D volumes).
+            A 4D run (or a 3D volume, or a list of 3D volumes). A list of 4D
+            runs is refused (DimensionError), as in nilearn: transform each
+            run, or use :class:`daskmask.MultiNiftiMasker`.
         confounds : array, DataFrame, CSV/TSV path, or a list of them, optional
             Confounds regressed out of the signals (after the high-variance
             confounds when ``high_variance_confounds`` is set).
@@ -295,7 +311,9 @@ class NiftiMasker(BaseEstimator):
         with logging_as(self, "fit_transform"):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Generation of a mask has been")
-                self.fit(imgs)
+                # no concatenation: a list of 4D runs, which transform refuses, is
+                # refused before the mask is computed from all its volumes
+                self._fit(imgs, concat=None)
             return self.transform(imgs, confounds=confounds, sample_mask=sample_mask)
 
     @logged_method

@@ -100,7 +100,9 @@ def _signals_dtype(requested: Any, input_dtype: np.dtype) -> np.dtype:
     return working
 
 
-def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray, Any]:
+def _open_in_budget_slabs(
+    masker: NiftiMasker, imgs: Any, reference_grid: Grid | None = None
+) -> tuple[xr.DataArray, Any]:
     """Open ``imgs`` in time chunks small enough for one task to stay in budget.
 
     The budget is :func:`daskmask._memory.task_budget_bytes`; a read task holds one time
@@ -113,6 +115,8 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
     version, or None.
     """
     run = open_nifti(imgs)
+    # one more copy per volume when the run is first brought onto the reference grid
+    realigned = reference_grid is not None and not _on_grid(run, reference_grid)
     fitted_run = masker._fitted_run
     mean, decoded = (None, None) if fitted_run is None else fitted_run.kept_for(run)
     if isinstance(imgs, xr.DataArray) or run.ndim != 4:
@@ -121,6 +125,7 @@ def _open_in_budget_slabs(masker: NiftiMasker, imgs: Any) -> tuple[xr.DataArray,
         return run, mean
     copies = int(masker.smoothing_fwhm is not None)
     copies += int(masker.target_affine is not None or masker.target_shape is not None)
+    copies += int(realigned)
     volumes = slab_volumes(
         run.shape[:3],
         run.dtype,
@@ -140,20 +145,54 @@ def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunk_volumes: int) -> 
     return run.copy(data=data).assign_attrs(decoded_store=decoded.attrs["decoded_store"])
 
 
-def _all_confounds(masker: NiftiMasker, run: xr.DataArray, confounds: Any) -> Any:
-    """High-variance confounds first, then the user's (a list is extended)."""
+def _all_confounds(
+    masker: NiftiMasker, run: xr.DataArray, confounds: Any, high_variance_last: bool
+) -> Any:
+    """Return the high-variance confounds and the user's (a list extended), in nilearn's order.
+
+    nilearn's NiftiMasker puts the high-variance confounds first, its
+    MultiNiftiMasker after the user's (``high_variance_last``).
+    """
     if not masker.high_variance_confounds:
         return confounds
-    combined: list[Any] = [run_high_variance_confounds(run)]
+    user: list[Any] = []
     if confounds is not None:
-        combined.extend(confounds if isinstance(confounds, list) else [confounds])
-    return combined
+        user = list(confounds) if isinstance(confounds, list) else [confounds]
+    high_variance = [run_high_variance_confounds(run)]
+    return user + high_variance if high_variance_last else high_variance + user
+
+
+#: A grid: its 4x4 affine and its 3D shape.
+Grid = tuple[np.ndarray, tuple[int, ...]]
+
+
+def grid_of_run(run: xr.DataArray) -> Grid:
+    """Return the grid (affine, shape) of an opened run."""
+    return np.asarray(run.attrs["affine"], dtype=float), tuple(run.shape[:3])
+
+
+def _on_grid(run: xr.DataArray, grid: Grid) -> bool:
+    affine, shape = grid_of_run(run)
+    return shape == tuple(grid[1]) and np.allclose(affine, grid[0])
 
 
 def extract_and_clean(
-    masker: NiftiMasker, imgs: Any, confounds: Any = None, sample_mask: Any = None
+    masker: NiftiMasker,
+    imgs: Any,
+    confounds: Any = None,
+    sample_mask: Any = None,
+    *,
+    reference_grid: Grid | None = None,
+    high_variance_last: bool = False,
 ) -> xr.DataArray:
-    """Return the lazy cleaned signals of ``imgs`` under ``masker``'s fitted mask."""
+    """Return the lazy cleaned signals of ``imgs`` under ``masker``'s fitted mask.
+
+    ``reference_grid``: a run on another grid is first resampled onto it
+    (cubic spline, with nilearn's warning), as nilearn's MultiNiftiMasker
+    brings every run onto the grid of the first one; the mask-grid
+    resampling, if any, follows. ``high_variance_last``: see
+    :func:`_all_confounds`.
+    """
     if masker.standardize is True:
         warnings.warn(
             "standardize=True is deprecated (as in nilearn 0.15): use 'zscore_sample'.",
@@ -163,24 +202,33 @@ def extract_and_clean(
     description = describe_images(imgs, masker.verbose)
     if description is not None:
         log(f"Loading data from {description}", masker.verbose)
-    run, fitted_mean = _open_in_budget_slabs(masker, imgs)
+    run, fitted_mean = _open_in_budget_slabs(masker, imgs, reference_grid)
     if run.ndim not in (3, 4):
         raise DimensionError(
             f"Input data has incompatible dimensionality: expected a 3D or 4D image, "
             f"got {run.ndim}D of shape {run.shape}."
         )
     single_volume = run.ndim == 3
-    run_affine = np.asarray(run.attrs["affine"], dtype=float)
-    all_confounds = _all_confounds(masker, run, confounds)
+    input_affine = np.asarray(run.attrs["affine"], dtype=float)
+    run_affine = input_affine
+    all_confounds = _all_confounds(masker, run, confounds, high_variance_last)
 
     full_mask = np.asarray(masker.mask_img_.dataobj).astype(bool)
     full_affine = np.asarray(masker.mask_img_.affine, dtype=float)
     mask, mask_affine = full_mask, full_affine
     values = run.data
+    if reference_grid is not None and not _on_grid(run, reference_grid):
+        warnings.warn(
+            "Affine is different across subjects. Realignment on first subject affine forced",
+            UserWarning,
+            stacklevel=5,
+        )
+        run_affine, reference_shape = reference_grid
+        values = resample_volumes(values, input_affine, run_affine, reference_shape)
     signals_dtype = _signals_dtype(masker.dtype, run.dtype)
     if signals_dtype != output_dtype(run.dtype, "f"):
         values = values.astype(signals_dtype)
-    if run.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
+    if values.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
         warnings.warn(
             "imgs are being resampled to the mask_img resolution. This process is "
             "memory intensive. You might want to provide a target_affine that is equal "
@@ -232,7 +280,7 @@ def extract_and_clean(
         masker_params=masker.get_params(),
         provenance=input_provenance(run),
         mean_image=_mean_image(run, fitted_mean),
-        mean_image_affine=run_affine,
+        mean_image_affine=input_affine,
     )
 
 

@@ -15,7 +15,7 @@ import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import nibabel as nib
@@ -110,6 +110,8 @@ def open_nifti(
     source: NiftiLike,
     chunks: ChunksLike = "auto",
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    concat: Literal["time"] | None = None,
 ) -> xr.DataArray:
     """Open NIfTI image(s) as a lazy, time-chunked :class:`xarray.DataArray`.
 
@@ -128,8 +130,9 @@ def open_nifti(
         its file when it has one, using the in-memory object's affine and
         header); a DataArray returned by ``open_nifti`` (returned unchanged,
         or rechunked along time when ``chunks`` is not ``"auto"``); or a list
-        or tuple of any of these, 3D elements stacked and 4D elements
-        concatenated along time.
+        or tuple of any of these: 3D volumes are stacked into one 4D run; 4D
+        runs are one run each, so a list holding a 4D image is refused
+        (5D) unless ``concat="time"``.
     chunks : "auto", int, str or dict, default="auto"
         Volumes per chunk along time; spatial dimensions are never split.
         See :func:`~daskmask.reading._chunks.plan_time_chunks`.
@@ -138,6 +141,12 @@ def open_nifti(
         merged over the dask config ``daskmask.storage-options`` and the
         environment (see :func:`daskmask._fs.locate`). They travel with the
         lazy array to the processes that read it.
+    concat : {"time"} or None, default=None
+        ``"time"``: concatenate the elements of a list (or the matches of a
+        glob) along time, 4D runs included, into one 4D array. None: a list
+        may hold 3D volumes only (stacked into a 4D run), as nilearn's
+        images of one run. To process several runs, each on its own, use
+        :class:`daskmask.MultiNiftiMasker`.
 
     Returns
     -------
@@ -172,8 +181,9 @@ def open_nifti(
         endpoint that does not answer
         (:class:`~daskmask.exceptions.StorageUnreachableError`).
     DimensionError
-        An image has more than 4 non-singleton dimensions, or a nested list
-        was given.
+        An image has more than 4 non-singleton dimensions, a nested list
+        was given, or a list (or glob) holds a 4D image and ``concat`` is
+        None.
     ValueError
         An image has a zero-length dimension, or list elements do not share
         a field of view (shape and affine).
@@ -198,13 +208,38 @@ def open_nifti(
     (as nilearn's ``get_data`` does) is read from that cache, not its file.
 
     """
+    if concat not in (None, "time"):
+        raise ValueError(f"concat must be None or 'time', got {concat!r}.")
     if isinstance(source, xr.DataArray):
         return _rechunk_existing(source, chunks)
     elements, is_list = _resolve(source, storage_options)
     images = [_open_element(element) for element in elements]
     if not is_list:
         return _single_image_array(images[0], chunks)
+    if concat is None:
+        _refuse_list_of_runs(images)
     return _stacked_array(images, chunks)
+
+
+def _refuse_list_of_runs(images: Sequence[OpenedImage]) -> None:
+    """Refuse a list holding 4D runs: that is 5D, as nilearn says, unless asked to concatenate.
+
+    Concatenating runs in time silently would clean them as one run (one
+    detrend, one filter, confounds of the wrong length), which nilearn refuses
+    too; it stays available on request.
+    """
+    runs = [index for index, image in enumerate(images) if len(image.shape) == 4]
+    if not runs:
+        return
+    first = images[runs[0]]
+    raise DimensionError(
+        "Input data has incompatible dimensionality: Expected dimension is 4D and you "
+        f"provided a list of {len(images)} images of which {len(runs)} 4D (image "
+        f"#{runs[0]}, '{first.label}', has shape {first.shape}): that is 5D. To process "
+        "each run on its own, use daskmask.MultiNiftiMasker (a list of runs gives a "
+        "list of signals); to join the runs into one along time, open them with "
+        "daskmask.open_nifti(runs, concat='time')."
+    )
 
 
 def _resolve(

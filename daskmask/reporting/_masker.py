@@ -127,6 +127,10 @@ def _figures(masker: Any, data: dict[str, Any], name: str) -> tuple[str, str | N
         messages.append(MASK_ONLY.format(name=name))
         background = mask
     else:
+        if isinstance(images, list):  # a MultiNiftiMasker's runs: the first one is shown
+            if len(images) > 1 and any(run.ndim == 4 for run in images):
+                messages.append(LIST_OF_4D)
+            images = images[0]
         background, warning = _reference_volume(images)
         if warning:
             messages.append(warning)

@@ -15,6 +15,7 @@ from daskmask.storage._errors import (
 )
 from daskmask.storage._read import open_results
 from daskmask.storage._results import Results
+from daskmask.storage._save_many import save_many
 from daskmask.storage._write import save
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "StoreNotFoundError",
     "open_results",
     "save",
+    "save_many",
 ]

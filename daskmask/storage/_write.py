@@ -10,19 +10,25 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
+import numpy as np
 import xarray as xr
+import zarr
 from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec
 
-from daskmask._fs import locate, storage_errors
+from daskmask._fs import Location, locate, storage_errors
 from daskmask._version import __version__
 from daskmask.storage import _layout as layout
 from daskmask.storage._assemble import assemble
-from daskmask.storage._backends import backend_for
+from daskmask.storage._backends import StoreBackend, WriteTarget, backend_for
+from daskmask.storage._errors import SignalsLayoutError
 from daskmask.storage._integrity import checksum_codec
 
 
@@ -170,6 +176,89 @@ def save(
     :mod:`daskmask.storage._backends`.
 
     """
+    plan = plan_store(
+        X,
+        path,
+        storage_options,
+        overwrite=overwrite,
+        compressor=compressor,
+        mask_img=mask_img,
+        mean_img=mean_img,
+    )
+    pending = begin_store(plan)
+    try:
+        with store_errors(plan.location):
+            dask.compute(*pending.writes)
+    except BaseException as error:
+        abort_store(pending, error)
+        raise
+    return commit_store(pending)
+
+
+# ------------------------------------------------------------------ the steps of a save
+# plan (nothing written) -> begin (metadata written, chunk writes pending as dask
+# arrays) -> compute the writes -> commit (manifest and marker last) or abort.
+# save() computes one store's writes; save_many() computes many stores' together.
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """What one store will hold and where, checked and assembled; nothing written yet."""
+
+    #: Where the store will be once complete.
+    location: Location
+    #: How it is written there.
+    backend: StoreBackend
+    #: The lazy Dataset to write (signals, mask, mean image, root attributes).
+    dataset: xr.Dataset
+    #: The ``to_zarr`` encoding (chunks, codecs, no fill values).
+    encoding: dict[str, dict[str, Any]]
+    #: Whether an existing store may be replaced.
+    overwrite: bool
+
+    @property
+    def result(self) -> Path | str:
+        """What :func:`save` returns for this store: a local path or the URL."""
+        location = self.location
+        return Path(location.path) if location.is_local else location.url
+
+
+@dataclass
+class PendingStore:
+    """A store begun: its metadata and small arrays written, its chunk writes pending.
+
+    ``writes`` are dask arrays whose computation writes every chunk of every
+    lazy array of the store (each task writes its own chunk, wherever it runs)
+    and returns one small boolean per chunk. They are arrays, not a
+    ``Delayed``: dask loses the keys of a delayed built over a P2P rechunk (the
+    reorganisation on a cluster without a shared disk), arrays keep them.
+    """
+
+    plan: StorePlan
+    target: WriteTarget
+    writes: list[da.Array]
+
+
+def store_errors(location: Location) -> contextlib.AbstractContextManager[None]:
+    """Turn a storage library's errors (in the client or a worker) into typed ones."""
+    return contextlib.nullcontext() if location.is_local else storage_errors(location.url)
+
+
+def plan_store(
+    X: xr.DataArray,
+    path: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    compressor: Any = "default",
+    mask_img: Any = None,
+    mean_img: Any = None,
+) -> StorePlan:
+    """Check the target and assemble the Dataset of one store (see :func:`save`).
+
+    Raises what :func:`save` raises before writing anything:
+    :class:`StoreExistsError`, :class:`SignalsLayoutError`, a storage error.
+    """
     location = locate(path, storage_options)
     backend = backend_for(location)
     backend.check_target(location, overwrite)
@@ -178,29 +267,117 @@ def save(
     dataset = assemble(
         X, mask_img=mask_img, mean_img=mean_img, version=__version__, created=created
     )
-    encoding = _encoding(dataset, compressors)
+    return StorePlan(location, backend, dataset, _encoding(dataset, compressors), overwrite)
 
-    target = backend.begin(location, overwrite)
+
+def begin_store(plan: StorePlan) -> PendingStore:
+    """Start writing the store of ``plan``: metadata now, chunk writes as dask arrays.
+
+    On failure, what was begun is removed (the backend's ``abort``) and the
+    error raised.
+    """
+    target = plan.backend.begin(plan.location, plan.overwrite)
     try:
-        # errors of a storage library, raised in the client or a worker, become typed
-        network = contextlib.nullcontext() if location.is_local else storage_errors(location.url)
-        with network:
-            # compute=True: one computation of every array, as dask.compute of the
-            # delayed of compute=False, which dask breaks (keys renamed, graph not)
-            # when the graph holds a P2P rechunk (the reorganisation on a cluster
-            # without a shared disk, daskmask.extraction).
-            dataset.to_zarr(
+        with store_errors(plan.location):
+            _without_lazy_data(plan.dataset).to_zarr(
                 target.store,
                 mode=target.mode,
-                compute=True,
+                compute=False,  # metadata and in-memory arrays now, no lazy chunk
                 zarr_format=3,
                 consolidated=False,
-                encoding=encoding,
+                encoding=plan.encoding,
                 # every chunk written, even one of fill values only: a missing chunk is damage
                 write_empty_chunks=True,
             )
-        backend.commit(target, overwrite)
+            writes = _chunk_writes(plan.dataset, target.store)
     except BaseException as error:
-        backend.abort(target, error)
+        plan.backend.abort(target, error)
         raise
-    return Path(location.path) if location.is_local else location.url
+    return PendingStore(plan, target, writes)
+
+
+def _without_lazy_data(dataset: xr.Dataset) -> xr.Dataset:
+    """Return ``dataset`` with every dask array replaced by an empty one of its chunks.
+
+    ``to_zarr(compute=False)`` then writes the metadata without building (and
+    materialising) a delayed over the signals' graph, which is thrown away:
+    :func:`_chunk_writes` writes the chunks.
+    """
+
+    def empty(variable: xr.Variable) -> xr.Variable:
+        data = variable.data
+        if not isinstance(data, da.Array):
+            return variable
+        return variable.copy(data=da.empty(data.shape, chunks=data.chunks, dtype=data.dtype))
+
+    template = dataset.copy()
+    for name, variable in dataset.variables.items():
+        if isinstance(variable.data, da.Array):
+            if name in dataset.coords:
+                template = template.assign_coords({name: empty(variable)})
+            else:
+                template[name] = empty(variable)
+    return template
+
+
+def _written_flag(block: np.ndarray) -> np.ndarray:
+    """One True per chunk written (what the computation of a write returns)."""
+    return np.ones((1,) * block.ndim, dtype=bool)
+
+
+def _chunk_writes(dataset: xr.Dataset, store: Any) -> list[da.Array]:
+    """Return, per lazy array of ``dataset``, a dask array that writes its chunks.
+
+    Every chunk is written, even one of fill values only (a missing chunk is
+    damage, see :mod:`daskmask.storage._integrity`).
+    """
+    group = zarr.open_group(store, mode="r+", zarr_format=3)
+    writes = []
+    for name, variable in dataset.variables.items():
+        if not isinstance(variable.data, da.Array):
+            continue  # written by to_zarr already
+        target = group[str(name)]
+        if target.dtype != variable.dtype or target.shape != variable.shape:
+            raise SignalsLayoutError(  # the assembled Dataset carries no CF encoding
+                f"The store's array {name!r} is {target.dtype}{target.shape}, its data "
+                f"{variable.dtype}{variable.shape}."
+            )
+        target = target.with_config({"write_empty_chunks": True})
+        stored = da.store(
+            variable.data,
+            target,
+            lock=False,
+            compute=False,
+            return_stored=True,
+            load_stored=False,
+        )
+        writes.append(
+            stored.map_blocks(
+                _written_flag,
+                chunks=tuple((1,) * len(sizes) for sizes in stored.chunks),
+                dtype=bool,
+                token=f"store-written-{name}",
+            )
+        )
+    return writes
+
+
+def commit_store(pending: PendingStore) -> Path | str:
+    """Make a store whose chunks are all written complete (manifest and marker last).
+
+    On failure the store is aborted (never left looking complete) and the
+    error raised.
+    """
+    plan = pending.plan
+    try:
+        with store_errors(plan.location):
+            plan.backend.commit(pending.target, plan.overwrite)
+    except BaseException as error:
+        plan.backend.abort(pending.target, error)
+        raise
+    return plan.result
+
+
+def abort_store(pending: PendingStore, error: BaseException) -> None:
+    """Remove what a failed write left, so that nothing opens as complete."""
+    pending.plan.backend.abort(pending.target, error)
