@@ -359,7 +359,7 @@ def make_fmriprep_derivatives(
     >>> import tempfile
     >>> from daskmask.datasets import make_fmriprep_derivatives
     >>> folder = tempfile.mkdtemp()
-    >>> bold = make_fmriprep_derivatives(folder, subjects=["01"], n_volumes=10)
+    >>> bold = make_fmriprep_derivatives(folder, subjects=["01"])
     >>> [path.rsplit("/", 1)[-1] for path in bold]
     ['sub-01_task-rest_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz']
 
