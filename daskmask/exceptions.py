@@ -83,6 +83,13 @@ class DatasetError(DaskmaskError, ValueError):
     """
 
 
+class MissingExtraError(DaskmaskError, ImportError):
+    """An optional dependency of the feature in use is not installed.
+
+    The message names the feature and the ``pip install "daskmask[extra]"`` that adds it.
+    """
+
+
 class StorageError(DaskmaskError, OSError):
     """Data could not be reached where it lives (a local folder or an object store).
 

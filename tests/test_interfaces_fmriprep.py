@@ -568,6 +568,19 @@ def test_generator_is_deterministic_and_fmriprep_like(tmp_path, layout):
     assert json.loads(Path(json_path).read_text()) == sidecar
 
 
+@pytest.mark.parametrize("n_volumes", [3, 5, 6, 31])
+def test_generator_makes_short_runs_with_at_most_rank_components(n_volumes):
+    table, sidecar = make_fmriprep_confounds(n_volumes, seed=1, n_non_steady=1)
+    assert len(table) == n_volumes
+    compcor = [name for name in table.columns if "comp_cor" in name]
+    assert compcor, "short runs still get CompCor components"
+    for prefix in ("a_", "w_", "c_", "t_"):
+        retained = [name for name in compcor if name.startswith(prefix)]
+        assert len(retained) <= n_volumes - 1
+    # every component the sidecar says was retained is a column of the table
+    assert {name for name, entry in sidecar.items() if entry.get("Retained")} <= set(table.columns)
+
+
 def test_generator_writes_beside_a_stem(tmp_path):
     table, sidecar = make_fmriprep_confounds(10, seed=0)
     tsv, _ = write_fmriprep_confounds(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daskmask._fs import Location, locate, storage_errors
-from daskmask.exceptions import DatasetError
+from daskmask.exceptions import DatasetError, MissingExtraError
 
 #: BIDS entities in the order BIDS writes them in a file name.
 ENTITY_ORDER: tuple[str, ...] = (
@@ -112,7 +112,7 @@ _FILTERS: tuple[tuple[str, str, str], ...] = (
 _INSTALL_HINT = 'pip install "daskmask[bids]"'
 
 
-class BidsExtraMissingError(DatasetError, ImportError):
+class BidsExtraMissingError(DatasetError, MissingExtraError):
     """The BIDS indexing library (daskmask's ``bids`` extra) is not installed."""
 
 

@@ -201,7 +201,10 @@ def make_fmriprep_confounds(
     if not 0 <= n_non_steady < n_volumes:
         raise ValueError(f"n_non_steady must be in [0, {n_volumes}), not {n_non_steady}.")
     rng = np.random.default_rng(seed)
-    counts = _compcor_counts(n_compcor)
+    # A demeaned run of n volumes has rank n - 1: CompCor cannot retain more components.
+    counts = {
+        kind: min(count, n_volumes - 1) for kind, count in _compcor_counts(n_compcor).items()
+    }
     if n_motion_spikes is None:
         n_motion_spikes = max(1, n_volumes // 25)
 
