@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import threading
-import uuid
 import weakref
 from pathlib import Path
 from typing import Any
@@ -268,6 +267,26 @@ def _import_extra(kind: str, module: str) -> Any:
             signal.signal(signal.SIGINT, before)
 
 
+def _restore_defaults(package: str) -> None:
+    """Put back the package's default settings where the current configuration lacks them.
+
+    dask-jobqueue and dask-kubernetes add their defaults to dask's configuration
+    when first imported. If that import happens inside ``dask.config.set({...})``
+    that created the section, leaving the block removes the whole section with
+    the defaults, and the next cluster fails on a missing key.
+    """
+    import copy
+    import importlib
+
+    defaults = getattr(importlib.import_module(f"{package}.config"), "defaults", None)
+    if defaults is None:  # dask-jobqueue keeps them local: read its file again
+        import yaml
+
+        folder = Path(importlib.import_module(package).__file__).parent
+        defaults = yaml.safe_load((folder / "jobqueue.yaml").read_text())
+    dask.config.update(dask.config.config, copy.deepcopy(defaults), priority="old")
+
+
 def _python_names(overrides: dict[str, Any]) -> dict[str, Any]:
     """``local-directory`` -> ``local_directory``; deprecated dask-jobqueue names -> current."""
     named: dict[str, Any] = {}
@@ -285,6 +304,7 @@ def _start_jobqueue(
 ) -> Any:
     """Start the dask-jobqueue cluster of ``kind`` (its scheduler only: no job yet)."""
     module = _import_extra(kind, "dask_jobqueue")
+    _restore_defaults("dask_jobqueue")
     cluster_class = getattr(module, JOBQUEUE_CLASSES[kind])
     options = _python_names(overrides)
     if processes is not None:
@@ -301,8 +321,9 @@ def _start_jobqueue(
         **(options.pop("scheduler_options", None) or {}),
     }
     if dashboard_address is None:
+        # The scheduler's HTTP server still runs (health, metrics): on any free port.
         scheduler_options["dashboard"] = False
-        scheduler_options.pop("dashboard_address", None)
+        scheduler_options["dashboard_address"] = ":0"
     elif dashboard_address != DEFAULT_DASHBOARD or "dashboard_address" not in scheduler_options:
         scheduler_options["dashboard_address"] = dashboard_address
     try:
@@ -343,36 +364,35 @@ def _kubeconfig_or_fail() -> None:
 def _start_kubernetes(jobs: int | None, overrides: dict[str, Any]) -> Any:
     """Create a DaskCluster through the Dask Kubernetes operator."""
     operator = _import_extra("kubernetes", "dask_kubernetes.operator")
+    _restore_defaults("dask_kubernetes")
     _kubeconfig_or_fail()
     options = _python_names(overrides)
     if jobs is not None:
         options["n_workers"] = jobs
-    # A name of our own, so that a cluster whose start fails can be forgotten
-    # (dask-kubernetes would otherwise try to delete it again at exit).
-    name = dask.config.get("kubernetes.name", override_with=options.pop("name", None))
-    options["name"] = name.replace("{uuid}", uuid.uuid4().hex[:10])
+    # A cluster whose start fails is forgotten: dask-kubernetes would otherwise try
+    # to delete it again at exit, and print that failure too.
+    before = set(operator.KubeCluster._instances)
     try:
         return operator.KubeCluster(**options)
     except (TypeError, ValueError) as error:
-        _forget_kube_cluster(operator, options["name"])
+        _forget_kube_clusters(operator, before)
         raise ClusterConfigError(
             f"KubeCluster refused these settings or credentials ({error}); check the "
             "arguments, the kubernetes section of the dask configuration and the kubeconfig."
         ) from error
     except Exception as error:
-        _forget_kube_cluster(operator, options["name"])
+        _forget_kube_clusters(operator, before)
         raise ClusterError(
-            f"could not create the DaskCluster {options['name']!r} through the Kubernetes API "
+            "could not create the DaskCluster through the Kubernetes API "
             f"({type(error).__name__}: {error}). Check that `kubectl get daskclusters` works "
             "from this machine (API server reachable, operator installed: "
             "deploy/kubernetes/README.md)."
         ) from error
 
 
-def _forget_kube_cluster(operator: Any, name: str) -> None:
-    for instance in list(operator.KubeCluster._instances):
-        if getattr(instance, "name", None) == name:
-            operator.KubeCluster._instances.discard(instance)
+def _forget_kube_clusters(operator: Any, before: set[Any]) -> None:
+    for instance in set(operator.KubeCluster._instances) - before:
+        operator.KubeCluster._instances.discard(instance)
 
 
 # --- the returned client owns the cluster ------------------------------------------------------
@@ -447,19 +467,50 @@ def scale_jobs(client: Client, jobs: int) -> None:
             "Kubernetes cluster; this client does not own such a cluster."
         )
     if hasattr(cluster, "job_cls"):
-        cluster.scale(jobs=jobs)
+        # SpecCluster submits in the background and only logs a refusal (through
+        # tornado's logger): catch what is logged while waiting for the submissions.
+        refusals = _ErrorCatcher()
+        tornado_log = logging.getLogger("tornado.application")
+        tornado_log.addHandler(refusals)
+        propagate, tornado_log.propagate = tornado_log.propagate, False  # reported below
         try:
-            # SpecCluster submits in the background and only logs a refusal;
-            # wait for the submissions so that a refusal reaches the caller.
+            cluster.scale(jobs=jobs)
             cluster.sync(cluster._correct_state)
-        except RuntimeError as error:
+        except (RuntimeError, OSError) as error:
+            refusals.errors.append(error)
+        finally:
+            tornado_log.removeHandler(refusals)
+            tornado_log.propagate = propagate
+        unsubmitted = [job for job in cluster.workers.values() if not getattr(job, "job_id", 0)]
+        if refusals.errors or unsubmitted:
+            reason = "; ".join(map(_one_line, refusals.errors)) or "no job id was returned"
+            submit = getattr(cluster.job_cls, "submit_command", "the submit command")
             raise ClusterError(
-                f"the batch system refused the dask worker job ({error}). Check queue, "
-                "account, walltime, cores and memory in the arguments or jobqueue.yaml; "
-                "`print(client.cluster.job_script())` shows the script that was submitted."
-            ) from error
+                f"`{submit}` did not accept the dask worker job ({reason}). Check that this "
+                "machine can submit jobs, and the queue, account, walltime, cores and memory "
+                "in the arguments or jobqueue.yaml; `print(client.cluster.job_script())` "
+                "shows the job script."
+            )
     else:
         cluster.scale(jobs)
+
+
+class _ErrorCatcher(logging.Handler):
+    """Keep the exceptions of the error records it sees."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def _one_line(error: BaseException) -> str:
+    """``sbatch: error: invalid partition`` rather than a multi-line dump."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:500]}"
 
 
 def _stop(cluster: Any, timeout: Any = None) -> None:
