@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -40,6 +41,7 @@ import pytest
 import yaml
 from _podman import Podman, base_image, daskmask_image, podman  # noqa: F401 - fixtures
 from _s3 import S3Server
+from dask.utils import parse_bytes
 
 import daskmask as dm
 
@@ -230,6 +232,17 @@ def test_daskjob_runs_on_the_same_cluster_spec_as_the_daskcluster() -> None:
     assert args[args.index("--scheduler") + 1] == "$(DASK_SCHEDULER_ADDRESS)"
 
 
+@pytest.mark.parametrize("name", ["daskcluster.yaml", "daskjob.yaml"])
+def test_worker_memory_limit_is_its_containers_limit(name: str) -> None:
+    document = load_manifest(name)
+    spec = document["spec"] if name == "daskcluster.yaml" else document["spec"]["cluster"]["spec"]
+    (worker,) = spec["worker"]["spec"]["containers"]
+    args = worker["args"]
+    limit = worker["resources"]["limits"]["memory"]
+    assert parse_bytes(args[args.index("--memory-limit") + 1]) == parse_bytes(limit)
+    assert args[args.index("--nthreads") + 1] == worker["resources"]["limits"]["cpu"] == "1"
+
+
 def test_core_kinds_validate_against_kubernetes_schemas() -> None:
     from dask_kubernetes.operator.controller.controller import (
         build_job_pod_spec,
@@ -382,8 +395,6 @@ def test_image_runs_daskmask_as_a_non_root_user(
     podman: Podman,  # noqa: F811 - fixture
     daskmask_image: str,  # noqa: F811 - fixture
 ) -> None:
-    import sys
-
     import dask
     import distributed
 
@@ -684,8 +695,10 @@ def test_cluster_pods_serve_the_dashboard(cluster_pods: dict[str, Any]) -> None:
         }
         assert {w["name"] for w in workers} == expected and len(expected) == 2
         assert all(w["nthreads"] == 1 for w in workers)
-        # Each worker's memory limit is its container's limit (4 GiB), read from the cgroup.
-        assert all(w["memory_limit"] == 4 * 2**30 for w in workers)
+        # Each worker's memory limit is its container's.
+        (container,) = load_manifest("daskcluster.yaml")["spec"]["worker"]["spec"]["containers"]
+        limit = parse_bytes(container["resources"]["limits"]["memory"])
+        assert [w["memory_limit"] for w in workers] == [limit, limit]
     assert wait_for_http(cluster_pods["dashboard_port"], "/status") == 200
 
 
@@ -725,7 +738,8 @@ def test_daskjob_pod_runs_daskmask_bids_on_the_cluster_pods(
 
     local = s3_dataset["local"]
     subprocess.run(
-        ["daskmask", "bids", str(local / "derivatives"), str(local / "results"),
+        [sys.executable, "-m", "daskmask", "bids", str(local / "derivatives"),
+         str(local / "results"),
          "--scheduler", "threads"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
@@ -745,16 +759,19 @@ def test_host_client_masks_s3_runs_on_the_cluster_pods(
     fs = s3_server.filesystem()
     (bold,) = fs.glob(f"{bucket}/derivatives/sub-01/func/*_desc-preproc_bold.nii.gz")
     url, output = f"s3://{bold}", f"s3://{bucket}/host-client/sub-01.zarr"
-    with dm.connect(cluster_pods["address"]) as client:
+    from distributed import get_task_stream
+
+    with dm.connect(cluster_pods["address"]) as client, get_task_stream(client) as tasks:
         # The pods read the input with the Secret's credentials, the client with its own.
         masker = dm.NiftiMasker(mask_strategy="epi")
         signals = masker.fit_transform(url)
         dm.save(signals, output, storage_options=options)
-        # The pods did the work: the task stream names their workers only.
         workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    # The work ran on the worker pods (a small run may need only one of them).
+    assert tasks.data and {task["worker"] for task in tasks.data} <= workers
+    assert len(workers) == 2
     local = s3_dataset["local"] / "derivatives"
     (path,) = (local / "sub-01" / "func").glob("*_desc-preproc_bold.nii.gz")
     expected = dm.NiftiMasker(mask_strategy="epi").fit_transform(str(path))
     result = dm.open_results(output, storage_options=options)
     np.testing.assert_allclose(result.signals.values, np.asarray(expected), rtol=1e-5, atol=1e-5)
-    assert len(workers) == 2
