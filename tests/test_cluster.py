@@ -136,3 +136,26 @@ def test_a_local_cluster_shares_the_scratch_folder(scheduler_address, run_path, 
     # Workers on this machine read the raw intermediate: no P2P exchange.
     assert any(name.startswith("daskmask-voxel-blocks") for name in layers)
     assert not any("p2p" in name for name in layers)
+
+
+def test_an_unknown_kind_of_cluster_is_a_typed_value_error():
+    from daskmask.cluster import CLUSTER_KINDS, ClusterConfigError
+
+    with pytest.raises(ClusterConfigError, match="'yarn' is not a kind of cluster") as info:
+        dm.connect(cluster="yarn")
+    assert isinstance(info.value, ValueError)
+    assert set(CLUSTER_KINDS) == {"local", "slurm", "pbs", "sge", "lsf", "htcondor", "kubernetes"}
+
+
+def test_dashboard_link_and_message(monkeypatch):
+    import urllib.request
+
+    from daskmask.cluster import dashboard_link, dashboard_message
+
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    with dm.connect(processes=False, n_workers=1, dashboard_address=":0") as client:
+        link = dashboard_link(client)
+        assert link.startswith("http://") and link.endswith("/status")
+        assert dashboard_message(client) == f"Dask dashboard: {link}"  # no tunnel on this machine
+        with urllib.request.urlopen(link, timeout=10) as answer:
+            assert answer.status == 200
