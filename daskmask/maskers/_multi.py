@@ -332,6 +332,13 @@ class MultiNiftiMasker(NiftiMasker):
                 confounds[0] if isinstance(confounds, list) else confounds,
                 sample_mask[0] if isinstance(sample_mask, list) else sample_mask,
             )
+        if self.n_elements_ == 0:
+            # fit accepts an empty common mask, as nilearn; there is nothing to extract
+            raise ValueError(
+                "The mask is invalid as it is empty: it masks all data. The runs share no "
+                "voxel at this threshold: lower mask_args['threshold'] or check the runs' "
+                "fields of view."
+            )
         runs = _as_runs(imgs)
         all_confounds = _per_run("confounds", confounds, len(runs))
         all_masks = _per_run("sample_mask", sample_mask, len(runs))
