@@ -229,6 +229,17 @@ def test_list_of_3d_files_is_stacked_in_time(tmp_path, image_files):
     _assert_same_mask(expected, actual)
 
 
+@pytest.mark.parametrize("function", ["compute_epi_mask", "compute_background_mask"])
+def test_list_of_4d_runs_is_one_run_as_in_nilearn(image_files, function):
+    # Unlike NiftiMasker.fit_transform, nilearn's mask functions take a list of 4D runs
+    # as one run (their volumes in turn).
+    paths = [image_files["fmri1"], image_files["fmri1"]]
+    expected, actual, _, _ = _both(
+        getattr(nilearn_masking, function), getattr(masking, function), paths
+    )
+    _assert_same_mask(expected, actual)
+
+
 def test_mask_from_nibabel_image_and_dataarray(image_files):
     img = nib.load(image_files["fmri1"])
     expected = nilearn_masking.compute_epi_mask(img)

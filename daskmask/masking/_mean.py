@@ -62,7 +62,8 @@ def open_image(img: Any) -> xr.DataArray:
         return img
     from daskmask.reading import open_nifti
 
-    return open_nifti(img)
+    # nilearn's mask functions take a list of 4D runs as one run (its volumes in turn).
+    return open_nifti(img, concat="time")
 
 
 def describe_image(img: Any) -> str:
