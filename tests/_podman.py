@@ -155,8 +155,14 @@ def debian_mirror() -> str:
 
 
 @pytest.fixture(scope="session")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    """Rootful podman with these machines' settings (installed if missing)."""
+def podman(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Podman]:
+    """Rootful podman with these machines' settings (installed if missing).
+
+    At the end of the session it prints how long each step took (image builds,
+    kube play, ...), past pytest's output capture.
+    """
     ensure_podman_installed()
     folder = tmp_path_factory.mktemp("podman")
     conf = folder / "containers.conf"
@@ -166,12 +172,14 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     if info.returncode != 0:
         _fail_without_podman(f"podman info failed: {info.stderr.strip()[-2000:]}")
     yield engine
-    if engine.durations:
-        sys.stderr.write(
-            "\npodman durations: "
-            + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in engine.durations.items())
-            + "\n"
-        )
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if engine.durations and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                "\npodman durations: "
+                + ", ".join(f"{step} {s:.1f} s" for step, s in engine.durations.items())
+            )
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,12 @@ from dask.utils import parse_bytes
 
 import daskmask as dm
 
+# The image's Python is Debian's 3.11.2, the client's may be another 3.11 release:
+# distributed warns about any difference, though only the minor version matters to pickle.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Mismatched versions found:distributed.versions.VersionMismatchWarning"
+)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEPLOY = REPOSITORY / "deploy" / "kubernetes"
 MANIFESTS = ("daskcluster.yaml", "daskjob.yaml", "secret.example.yaml")
@@ -390,6 +396,11 @@ def test_helm_values_fit_the_dask_chart() -> None:
 # --------------------------------------------------------------------------------------
 
 
+def canonical(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 @pytest.mark.cluster
 def test_image_runs_daskmask_as_a_non_root_user(
     podman: Podman,  # noqa: F811 - fixture
@@ -412,6 +423,22 @@ def test_image_runs_daskmask_as_a_non_root_user(
     assert python == list(sys.version_info[:2])
     assert (dask_version, distributed_version) == (dask.__version__, distributed.__version__)
     assert daskmask_version == dm.__version__
+    # Every package is at the lock file's version (the venv's own pip and setuptools aside).
+    installed = podman.run("run", "--rm", daskmask_image, "pip", "list", "--format", "freeze")
+    lock = dict(
+        line.split("==", 1)
+        for line in (REPOSITORY / "requirements" / "lock.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    lock = {canonical(name): version.strip() for name, version in lock.items()}
+    unpinned = {
+        name: version
+        for name, version in (line.split("==", 1) for line in installed.stdout.split())
+        if canonical(name) not in {"daskmask", "pip", "setuptools"}
+        and lock.get(canonical(name)) != version
+    }
+    assert unpinned == {}
+    assert len(installed.stdout.split()) > 50
     # The operator's default pod specs run these two names.
     for command in ("dask-scheduler", "dask-worker", "daskmask"):
         podman.run("run", "--rm", daskmask_image, command, "--help")
