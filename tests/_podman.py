@@ -182,6 +182,21 @@ def podman(
             )
 
 
+def run_step(
+    command: list[str], what: str, environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run one step of making an image; on failure raise with the end of its output."""
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=900, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-3000:]}"
+        )
+    return result
+
+
 @pytest.fixture(scope="session")
 def base_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A minimal Debian bookworm image made with debootstrap (once per machine)."""
@@ -190,15 +205,10 @@ def base_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
     rootfs = tmp_path_factory.mktemp("rootfs")
     mirror = debian_mirror()
     start = time.perf_counter()
-    bootstrap = subprocess.run(
+    run_step(
         ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+        f"debootstrap from {mirror}",
     )
-    if bootstrap.returncode != 0:
-        raise RuntimeError(f"debootstrap from {mirror} failed:\n{bootstrap.stdout[-3000:]}")
     # apt inside the image uses the same mirror as the host (the only one reachable).
     (rootfs / "etc" / "apt" / "sources.list").write_text(
         f"deb {mirror} bookworm main\ndeb {mirror} bookworm-updates main\n"
@@ -226,18 +236,13 @@ def build_wheel(destination: Path) -> Path:
         source / "daskmask",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    result = subprocess.run(
+    run_step(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", destination],
+        "pip wheel of daskmask",
         # Zip entries carry this time instead of the files' times: the same sources
         # give the same wheel, and so the same image tag.
-        env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        environment={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
     )
-    if result.returncode != 0:
-        raise RuntimeError(f"pip wheel of daskmask failed:\n{result.stderr[-3000:]}")
     (wheel,) = destination.glob("daskmask-*.whl")
     return wheel
 
