@@ -481,7 +481,16 @@ def scale_jobs(client: Client, jobs: int) -> None:
         finally:
             tornado_log.removeHandler(refusals)
             tornado_log.propagate = propagate
-        unsubmitted = [job for job in cluster.workers.values() if not getattr(job, "job_id", 0)]
+        unsubmitted = [
+            name for name, job in cluster.workers.items() if not getattr(job, "job_id", 0)
+        ]
+        for name in unsubmitted:
+            # A job that was never submitted is marked failed and forgotten: SpecCluster
+            # refuses to close while it holds a job still "created".
+            from distributed.core import Status
+
+            cluster.workers.pop(name).status = Status.failed
+            cluster.worker_spec.pop(name, None)
         if refusals.errors or unsubmitted:
             reason = "; ".join(map(_one_line, refusals.errors)) or "no job id was returned"
             submit = getattr(cluster.job_cls, "submit_command", "the submit command")

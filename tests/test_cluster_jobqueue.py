@@ -252,6 +252,7 @@ def test_a_refused_submission_is_a_typed_error_and_leaves_nothing(
     with pytest.raises(ClusterError, match="invalid partition specified: no-such-partition"):
         dm.connect(cluster="slurm", jobs=1, queue="no-such-partition")
     assert slurm.queue() == []
+    assert "SLURMCluster" not in _open_clusters()
 
 
 # --- the daskmask command on Slurm -------------------------------------------------------------
@@ -409,9 +410,16 @@ def test_job_script_of_each_batch_system(kind: str) -> None:
     assert worker in script
 
 
+def _open_clusters() -> list[str]:
+    from distributed.deploy.spec import SpecCluster
+
+    return [type(c).__name__ for c in SpecCluster._instances if c.status.name != "closed"]
+
+
 def test_no_pbs_server_here_is_a_typed_error() -> None:
     with pytest.raises(ClusterError, match="`qsub` did not accept.*No such file"):
         dm.connect(cluster="pbs", jobs=1, cores=1, memory="1GB", dashboard_address=None)
+    assert "PBSCluster" not in _open_clusters()  # its scheduler was closed too
 
 
 # --- settings: jobqueue.yaml, then the arguments ------------------------------------------------
