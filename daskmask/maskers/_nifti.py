@@ -210,8 +210,16 @@ class NiftiMasker(BaseEstimator):
     #: Whether ``fit`` accepts a mask with no voxel (nilearn's MultiNiftiMasker does).
     _allow_empty_mask = False
 
-    def _fit(self, imgs: Any, concat: Literal["time"] | None) -> NiftiMasker:
-        """Fit on ``imgs``, a list of 4D runs concatenated in time with ``concat``."""
+    def _fit(
+        self, imgs: Any, concat: Literal["time"] | None, warn_given_mask: bool = True
+    ) -> NiftiMasker:
+        """Fit on ``imgs``, a list of 4D runs concatenated in time with ``concat``.
+
+        ``warn_given_mask=False`` (``fit_transform``) does not warn that ``imgs`` are
+        not used for the mask: filtering the warning instead would not be thread-safe
+        (``warnings.catch_warnings`` swaps process-wide state while a batch fits runs
+        in several threads).
+        """
         _params.validate_params(self)
         self._forget_fit()
 
@@ -232,7 +240,7 @@ class NiftiMasker(BaseEstimator):
                 )
             log("Computing mask", self.verbose)
             mask_img, fitted_run = self._compute_mask(data)
-        elif data is not None:
+        elif data is not None and warn_given_mask:
             warnings.warn(
                 f"[{type(self).__name__}.fit] Generation of a mask has been requested "
                 "(imgs != None) while a mask was given at masker creation. "
@@ -309,11 +317,9 @@ class NiftiMasker(BaseEstimator):
         """Fit the mask on ``imgs``, then transform them (see :meth:`transform`)."""
         del y
         with logging_as(self, "fit_transform"):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Generation of a mask has been")
-                # no concatenation: a list of 4D runs, which transform refuses, is
-                # refused before the mask is computed from all its volumes
-                self._fit(imgs, concat=None)
+            # no concatenation: a list of 4D runs, which transform refuses, is
+            # refused before the mask is computed from all its volumes
+            self._fit(imgs, concat=None, warn_given_mask=False)
             return self.transform(imgs, confounds=confounds, sample_mask=sample_mask)
 
     @logged_method
