@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import threading
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import dask
 import psutil
 from distributed import Client
 
-from daskmask.exceptions import DaskmaskError
+from daskmask.exceptions import ClusterConfigError, ClusterError, ClusterExtraMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +74,6 @@ _RENAMED = {
     "extra": "worker_extra_args",
     "header_skip": "job_directives_skip",
 }
-
-
-class ClusterError(DaskmaskError, RuntimeError):
-    """A cluster could not be started, reached or configured.
-
-    The message names the kind of cluster, what went wrong and how to fix it.
-    """
-
-
-class ClusterExtraMissingError(ClusterError, ImportError):
-    """The package a kind of cluster needs is not installed (the message names the pip command)."""
-
-
-class ClusterConfigError(ClusterError, ValueError):
-    """A cluster's settings are missing or wrong (jobqueue.yaml, kubeconfig, an argument)."""
 
 
 def connect(
@@ -183,7 +169,9 @@ def connect(
         )
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
         raise ClusterConfigError(f"jobs={jobs!r}: expected a whole number >= 0 of jobs to start.")
-    address = scheduler if scheduler is not None else os.environ.get(SCHEDULER_ENV_VAR)
+    # An explicit kind of cluster wins over the environment's address, as any argument does.
+    from_environment = os.environ.get(SCHEDULER_ENV_VAR) if cluster is None else None
+    address = scheduler if scheduler is not None else from_environment
     if address:
         if not isinstance(address, str):
             raise TypeError(
@@ -220,16 +208,27 @@ def _start_local(
     n_workers = n_workers or max(1, os.cpu_count() or 1)
     if memory_limit is None:
         memory_limit = int(0.9 * psutil.virtual_memory().total / n_workers)
+    if dashboard_address is None:
+        # LocalCluster serves a dashboard whatever its address: the scheduler must be told.
+        scheduler_kwargs = {**overrides.pop("scheduler_kwargs", {}), "dashboard": False}
+        overrides = {**overrides, "scheduler_kwargs": scheduler_kwargs}
+        dashboard_address = ":0"
     # Client(**cluster_kwargs) owns the LocalCluster it starts: closing the
     # client also stops the workers.
-    return Client(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker or 1,
-        processes=True if processes is None else bool(processes),
-        memory_limit=memory_limit,
-        dashboard_address=dashboard_address,
-        **overrides,
-    )
+    with warnings.catch_warnings():
+        # Another cluster holding 8787 is normal (a notebook, a second batch): the
+        # dashboard moves to a free port, and dashboard_message() prints where.
+        warnings.filterwarnings(
+            "ignore", message="Port .* is already in use", category=UserWarning
+        )
+        return Client(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker or 1,
+            processes=True if processes is None else bool(processes),
+            memory_limit=memory_limit,
+            dashboard_address=dashboard_address,
+            **overrides,
+        )
 
 
 def _refuse_local_options(kind: str, *values: object) -> None:

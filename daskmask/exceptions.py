@@ -90,6 +90,21 @@ class MissingExtraError(DaskmaskError, ImportError):
     """
 
 
+class ClusterError(DaskmaskError, RuntimeError):
+    """A cluster could not be started, reached or configured.
+
+    The message names the kind of cluster, what went wrong and how to fix it.
+    """
+
+
+class ClusterExtraMissingError(ClusterError, MissingExtraError):
+    """The package a kind of cluster needs is not installed (the message names the pip command)."""
+
+
+class ClusterConfigError(ClusterError, ValueError):
+    """A cluster's settings are missing or wrong (jobqueue.yaml, kubeconfig, an argument)."""
+
+
 class StorageError(DaskmaskError, OSError):
     """Data could not be reached where it lives (a local folder or an object store).
 

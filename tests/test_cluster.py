@@ -74,6 +74,30 @@ def test_explicit_argument_wins_over_the_environment(scheduler_address, monkeypa
         assert client.scheduler.address == scheduler_address
 
 
+def test_an_explicit_kind_of_cluster_wins_over_the_environment(monkeypatch, run_path, expected):
+    monkeypatch.setenv(SCHEDULER_ENV_VAR, "tcp://127.0.0.1:1")  # nothing listens there
+    with dm.connect(cluster="local", processes=False, n_workers=1) as client:
+        assert client.scheduler.address.startswith("inproc://")
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+
+
+def test_no_dashboard_when_asked_and_no_warning_when_its_port_is_taken(monkeypatch):
+    import urllib.error
+    import urllib.request
+    import warnings
+
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    with dm.connect(processes=False, n_workers=1, dashboard_address=None) as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with dm.connect(processes=False, n_workers=1, dashboard_address=":8787") as first:
+            with dm.connect(processes=False, n_workers=1, dashboard_address=":8787") as second:
+                assert first.dashboard_link != second.dashboard_link
+
+
 @pytest.mark.parametrize("bad", [8786, 1.5, ["tcp://a:1"]])
 def test_bad_scheduler_is_a_type_error(bad):
     with pytest.raises(TypeError, match="scheduler must be a distributed.Client"):

@@ -32,7 +32,7 @@ from daskmask.batch._progress import BatchProgress
 from daskmask.batch._runner import BatchInterrupted, Prepared, RunPlan, execute, prepare
 from daskmask.batch._summary import SUMMARY_NAME, RunOutcome
 from daskmask.cli._options import UsageError
-from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect
+from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboard_message
 
 #: A single run smaller than this is masked on threads when no scheduler is named.
 SMALL_RUN_BYTES = 1 << 30
@@ -122,10 +122,6 @@ def scheduler(choice: str, jobs: int | None) -> Iterator[Any]:
             client = connect(choice)
     except UsageError:
         raise
-    except TypeError as error:
-        raise UsageError(
-            "--jobs", f"this daskmask cannot pass it to connect() ({error})"
-        ) from None
     except (OSError, ValueError) as error:
         raise UsageError(
             "--scheduler",
@@ -200,7 +196,9 @@ def run_batch(
                 )
                 with BatchProgress(len(prepared)) as progress:
                     if client is not None:
-                        progress.note(f"Dask dashboard: {client.dashboard_link}")
+                        message = dashboard_message(client)
+                        if message:
+                            progress.note(message)
                     outcomes = execute(
                         prepared,
                         output_dir,
