@@ -297,6 +297,23 @@ def test_bids_command_on_slurm_equals_a_local_run(
     _assert_same_stores(local_output, output)
 
 
+def test_bids_command_asks_one_job_per_run_in_flight_by_default(
+    slurm: Slurm, dask_config_dir: Path, dataset: Path, local_output: Path, tmp_path: Path
+) -> None:
+    # Without --jobs: one job per run in flight (2 by default), never more than the runs
+    # to do, rather than connect()'s single job.
+    output = tmp_path / "out"
+    with QueueWatcher(slurm) as watcher:
+        done = _daskmask(
+            "bids", dataset, output, "--scheduler", "slurm",
+            env=_environment(dask_config_dir, slurm),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(watcher.running()) == 2, watcher.jobs
+    assert slurm.wait_until_empty(timeout=20) == []
+    _assert_same_stores(local_output, output)
+
+
 def test_sigterm_to_the_bids_command_cancels_its_jobs(
     slurm: Slurm, dask_config_dir: Path, dataset: Path, tmp_path: Path
 ) -> None:

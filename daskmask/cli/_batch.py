@@ -38,6 +38,10 @@ from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboar
 SMALL_RUN_BYTES = 1 << 30
 
 
+#: Runs masked at the same time on a cluster when neither --runs-in-flight nor workers say more.
+DEFAULT_RUNS_IN_FLIGHT = 2
+
+
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--scheduler``, ``--jobs``, ``--runs-in-flight`` and ``--force``."""
     group = parser.add_argument_group("execution")
@@ -54,7 +58,10 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=_positive_int("--jobs"),
         metavar="N",
-        help="jobs (or pods) of a cluster the command starts (--scheduler with a cluster kind)",
+        help=(
+            "jobs (or pods) of a cluster the command starts (--scheduler with a cluster kind; "
+            "default: one per run in flight, at most the runs to do); released at the end"
+        ),
     )
     group.add_argument(
         "--runs-in-flight",
@@ -188,11 +195,17 @@ def run_batch(
             prepared = prepare(plans, force=args.force)
             choice = choose_scheduler(args.scheduler, prepared)
             needs_compute = any(item.action == "run" for item in prepared)
-            with (
-                scheduler(choice, args.jobs) if needs_compute else contextlib.nullcontext()
-            ) as client:
+            jobs = args.jobs
+            if jobs is None and choice in CLUSTER_KINDS and choice != "local":
+                # A job-queue or Kubernetes cluster gets one job per run in flight, never
+                # more than there are runs to do: a shared queue is not flooded by default.
+                to_do = sum(item.action == "run" for item in prepared)
+                jobs = max(1, min(to_do, args.runs_in_flight or DEFAULT_RUNS_IN_FLIGHT))
+            with scheduler(choice, jobs) if needs_compute else contextlib.nullcontext() as client:
                 in_flight = args.runs_in_flight or (
-                    1 if client is None else max(2, _workers(client), args.jobs or 0)
+                    1
+                    if client is None
+                    else max(DEFAULT_RUNS_IN_FLIGHT, _workers(client), jobs or 0)
                 )
                 with BatchProgress(len(prepared)) as progress:
                     if client is not None:
