@@ -23,16 +23,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description="Mask fMRI runs of any size, one or many, on dask (nilearn's NiftiMasker).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="mask the bundled real EPI sample with every strategy")
+    demo = commands.add_parser(
+        "demo",
+        help="every setting of nilearn's masker walkthrough on its two runs (or yours)",
+    )
     demo.add_argument(
-        "images", nargs="?", default=None, help="a 4D NIfTI run (default: the bundled sample)"
+        "images",
+        nargs="?",
+        default=None,
+        help="a 4D NIfTI run (default: the walkthrough's raw and skull-stripped runs, "
+        "generated at first use into $DASKMASK_DATA or ~/.cache/daskmask)",
     )
     demo.add_argument(
         "--scheduler",
         default=None,
         help=(
             "scheduler address, or 'threads' for dask's threads without a cluster "
-            "(default: $DASKMASK_SCHEDULER, else an embedded LocalCluster)"
+            "(default: $DASKMASK_SCHEDULER, else threads for an input under 1 GiB, "
+            "else an embedded LocalCluster)"
         ),
     )
     demo.add_argument(
@@ -54,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            _demo.run(args.images, scheduler=args.scheduler, output=args.output)
-            return 0
+            # 0 when every setting ran; a failed one is printed as its result, exit 1
+            return 0 if _demo.run(args.images, scheduler=args.scheduler, output=args.output) else 1
         handler = _run.command if args.command == "run" else _bids.command
         return handler(args)
     except UsageError as error:
