@@ -708,7 +708,9 @@ def assert_same_results(remote: str, local: Path, storage_options: dict[str, str
 
 
 @pytest.mark.cluster
-def test_cluster_pods_serve_the_dashboard(cluster_pods: dict[str, Any]) -> None:
+def test_cluster_pods_are_the_operators_workers_on_private_disks(
+    cluster_pods: dict[str, Any],
+) -> None:
     from distributed import Client
 
     with Client(cluster_pods["address"], timeout=60) as client:
@@ -726,6 +728,23 @@ def test_cluster_pods_serve_the_dashboard(cluster_pods: dict[str, Any]) -> None:
         (container,) = load_manifest("daskcluster.yaml")["spec"]["worker"]["spec"]["containers"]
         limit = parse_bytes(container["resources"]["limits"]["memory"])
         assert [w["memory_limit"] for w in workers] == [limit, limit]
+        # No volume is shared: what one worker writes to its disk the other does not see.
+        for pod in cluster_pods["workers"]:
+            assert "volumes" not in pod["spec"]
+
+        def mark_and_list_scratch(dask_worker) -> list[str]:
+            # Defined here so that it travels by value: the pods do not have this module.
+            import glob
+            import os
+            import tempfile
+
+            folder = tempfile.gettempdir()
+            open(os.path.join(folder, f"daskmask-pod-{dask_worker.name}"), "w").close()
+            return sorted(glob.glob(os.path.join(folder, "daskmask-pod-*")))
+
+        seen = client.run(mark_and_list_scratch)
+        assert sorted(map(len, seen.values())) == [1, 1]
+        assert len(set().union(*seen.values())) == 2
     assert wait_for_http(cluster_pods["dashboard_port"], "/status") == 200
 
 
@@ -754,11 +773,18 @@ def test_daskjob_pod_runs_daskmask_bids_on_the_cluster_pods(
     )
     assert pod["spec"]["containers"][0]["args"][-1] == cluster_pods["address"]
     play: KubePlay = cluster_pods["play"]
-    start = time.perf_counter()
-    play.play(pod)
-    container = f"{pod['metadata']['name']}-{pod['spec']['containers'][0]['name']}"
-    exit_code = podman.run("wait", container, timeout=600).stdout.strip()
-    podman.durations["job pod (daskmask bids, 3 runs)"] = time.perf_counter() - start
+    from distributed import Client, get_task_stream
+
+    # The scheduler's task stream records the tasks of every client, the job pod's too.
+    with Client(cluster_pods["address"], timeout=60) as client, get_task_stream(client) as tasks:
+        start = time.perf_counter()
+        play.play(pod)
+        container = f"{pod['metadata']['name']}-{pod['spec']['containers'][0]['name']}"
+        exit_code = podman.run("wait", container, timeout=600).stdout.strip()
+        podman.durations["job pod (daskmask bids, 3 runs)"] = time.perf_counter() - start
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    # The batch computed on the worker pods, both of them, not in the job pod.
+    assert {task["worker"] for task in tasks.data} == workers and len(workers) == 2
     logs = play.logs(pod)
     assert exit_code == "0", logs[-4000:]
     assert f"{s3_dataset['n_runs']} runs: {s3_dataset['n_runs']} done" in logs, logs[-4000:]
