@@ -17,14 +17,56 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib import patheffects
+from matplotlib import patheffects, ticker
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from daskmask.plotting._volumes import Grid3D, find_cut_coords, load_volume, to_grid
 
-__all__ = ["Display", "OrthoDisplay", "parse_display_mode"]
+__all__ = ["Display", "OrthoDisplay", "cut_label", "format_tick", "parse_display_mode"]
+
+#: Layout of an ortho display, in inches: height of the views, margins around
+#: them, room for a title, and the colorbar's gap and bar width.
+_VIEW_HEIGHT = 2.8
+_MAX_VIEWS_WIDTH = 12.0
+_MARGIN = 0.06
+_TITLE_ROOM = 0.42
+_BAR_GAP = 0.15
+_BAR_WIDTH = 0.16
+#: Font sizes (points) of the cut labels and the L/R letters, as nilearn's.
+_LABEL_SIZE = 12
+_TICK_SIZE = 10
+
+
+def cut_label(direction: str, coordinate: float) -> str:
+    """Return the label of a cut, e.g. ``"x=-12"``: whole mm, truncated toward zero.
+
+    Truncation (not rounding) gives the numbers nilearn writes for the same
+    cut, and never writes ``-0``.
+    """
+    return f"{direction}={int(coordinate)}"
+
+
+def format_tick(value: float, step: float) -> str:
+    """Return a colorbar tick label as short as the tick spacing ``step`` allows.
+
+    Plain numbers between 1e-3 and 1e5 (``1500``, ``0.25``), otherwise
+    scientific with as many digits as the spacing needs (``1.5e-06``); a zero
+    is ``0``, never ``-0``.
+    """
+    if value == 0 or abs(value) < abs(step) * 1e-9:
+        return "0"
+    magnitude = max(abs(value), abs(step))
+    if 1e-3 <= magnitude < 1e5:
+        decimals = max(0, -int(np.floor(np.log10(abs(step)) + 1e-9))) if step else 0
+        text = f"{value:.{decimals}f}"
+    else:
+        exponent = int(np.floor(np.log10(magnitude)))
+        digits = max(0, exponent - int(np.floor(np.log10(abs(step)) + 1e-9))) if step else 2
+        text = f"{value:.{min(digits, 6)}e}"
+    return "0" if float(text) == 0 else text
+
 
 #: For each cut direction: the world axis cut, then the horizontal and
 #: vertical world axes of the view.
@@ -166,6 +208,61 @@ class OrthoDisplay(Display):
         self._bounds = bounds
         self._black_bg = black_bg
         self._colorbar_axes = colorbar_axes
+        # Layout state (inches): whether this display sized the figure itself,
+        # the room for a title and for the colorbar's labels.
+        self._own_figure = False
+        self._title_room = 0.0
+        self._labels_room = 0.55
+        self._spans: list[tuple[float, float]] = []
+
+    def title(self, text: str, color: str | None = None, size: float = 13) -> None:
+        """Put a title above the cuts (the figure grows to make room for it)."""
+        self._title_room = _TITLE_ROOM
+        self._layout()
+        self._figure.suptitle(
+            text,
+            color=color or self._text_color(),
+            fontsize=size,
+            y=1 - 0.06 / self._figure.get_figheight(),
+            va="top",
+        )
+
+    def _layout(self) -> None:
+        """Place the views and the colorbar; size the figure when it is ours.
+
+        Sizes are worked out in inches so that text (in points) never
+        overflows: the colorbar's slot is as wide as its widest label.
+        """
+        total_width = float(sum(width for width, _ in self._spans))
+        tallest = max(height for _, height in self._spans)
+        bar = 0.0
+        if self._colorbar_axes is not None:
+            bar = _BAR_GAP + _BAR_WIDTH + self._labels_room
+        if self._own_figure:
+            view_height = _VIEW_HEIGHT
+            views_width = view_height * total_width / tallest
+            if views_width > _MAX_VIEWS_WIDTH:
+                view_height *= _MAX_VIEWS_WIDTH / views_width
+                views_width = _MAX_VIEWS_WIDTH
+            self._figure.set_size_inches(
+                views_width + bar + 2 * _MARGIN,
+                view_height + self._title_room + 2 * _MARGIN,
+                forward=False,
+            )
+        width, height = self._figure.get_size_inches()
+        bottom = _MARGIN / height
+        top = 1 - (self._title_room + _MARGIN) / height
+        views = max(width - bar - 2 * _MARGIN, 0.1) / width
+        position = _MARGIN / width
+        for ax, (span, _) in zip(self.axes.values(), self._spans, strict=True):
+            share = views * span / total_width
+            ax.set_position((position, bottom, share, top - bottom))
+            position += share
+        if self._colorbar_axes is not None:
+            left = position + _BAR_GAP / width
+            middle = (bottom + top) / 2
+            reach = 0.8 * (top - bottom) / 2
+            self._colorbar_axes.set_position((left, middle - reach, _BAR_WIDTH / width, 2 * reach))
 
     def _text_color(self) -> str:
         return "white" if self._black_bg else "black"
@@ -187,8 +284,8 @@ class OrthoDisplay(Display):
         Parameters
         ----------
         bounds : Grid3D
-            The volume whose field of view is shown (cut coordinates default
-            to its :func:`find_cut_coords`).
+            The volume whose field of view is shown: the box of its non-zero
+            values (cut coordinates default to its :func:`find_cut_coords`).
         display_mode : str, default="ortho"
             "ortho" (x, y and z) or any combination of "x", "y", "z".
         cut_coords : sequence of float, float or None, default=None
@@ -212,42 +309,35 @@ class OrthoDisplay(Display):
         """
         directions = parse_display_mode(display_mode)
         cuts = _resolve_cut_coords(bounds, directions, cut_coords)
-        widths = []
-        heights = []
+        bounds = bounds.cropped()
+        spans = []
         for direction in directions:
             _, horizontal, vertical = _VIEW_AXES[direction]
             low, high = bounds.extent(horizontal)
-            widths.append(high - low)
-            low, high = bounds.extent(vertical)
-            heights.append(high - low)
-        total_width = float(sum(widths))
-        height_inches = 2.6
-        width_inches = min(max(height_inches * total_width / max(heights), 2.2), 12.0)
+            bottom, top = bounds.extent(vertical)
+            spans.append((high - low, top - bottom))
         facecolor = "black" if black_bg else "white"
+        own_figure = figure is None
         if figure is None:
-            figure = Figure(figsize=(width_inches + (0.7 if colorbar else 0.1), height_inches))
+            figure = Figure()
         else:
             figure.clear()
         figure.set_facecolor(facecolor)
-        cbar_fraction = 0.07 if colorbar else 0.0
-        left, right, bottom, top = 0.01, 0.99 - cbar_fraction, 0.02, 0.88
         axes: dict[str, Axes] = {}
-        position = left
-        for direction, width in zip(directions, widths, strict=True):
-            share = (right - left) * width / total_width
-            ax = figure.add_axes((position, bottom, share, top - bottom))
-            position += share
+        for direction in directions:
+            ax = figure.add_axes((0, 0, 1, 1))
             _, horizontal, vertical = _VIEW_AXES[direction]
             ax.set_xlim(*bounds.extent(horizontal))
             ax.set_ylim(*bounds.extent(vertical))
-            ax.set_aspect("equal", adjustable="box")
+            ax.set_aspect("equal", adjustable="box", anchor="C")
             ax.set_facecolor(facecolor)
             ax.set_axis_off()
             axes[direction] = ax
-        colorbar_axes = None
-        if colorbar:
-            colorbar_axes = figure.add_axes((right + 0.015, 0.12, 0.02, 0.66))
+        colorbar_axes = figure.add_axes((0, 0, 1, 1)) if colorbar else None
         display = cls(figure, axes, cuts, bounds, black_bg, colorbar_axes)
+        display._own_figure = own_figure
+        display._spans = spans
+        display._layout()
         if draw_cross:
             display._draw_cross()
         if annotate:
@@ -323,9 +413,30 @@ class OrthoDisplay(Display):
                 zorder=1,
             )
         if colorbar and self._colorbar_axes is not None and image is not None:
-            bar = self.figure.colorbar(image, cax=self._colorbar_axes)
-            bar.ax.tick_params(colors=self._text_color(), labelsize=8)
-            bar.outline.set_edgecolor(self._text_color())
+            self._draw_colorbar(image, norm)
+
+    def _draw_colorbar(self, image: Any, norm: Normalize) -> None:
+        """Fill the colorbar slot and widen it to its widest tick label."""
+        ticks = ticker.MaxNLocator(nbins=5).tick_values(norm.vmin, norm.vmax)
+        ticks = ticks[(ticks >= norm.vmin - 1e-9 * abs(norm.vmin)) & (ticks <= norm.vmax)]
+        step = float(np.diff(ticks).min()) if ticks.size > 1 else abs(norm.vmax - norm.vmin)
+        self._colorbar_axes.clear()
+        bar = self.figure.colorbar(image, cax=self._colorbar_axes, ticks=ticks)
+        bar.ax.yaxis.set_major_formatter(
+            ticker.FuncFormatter(lambda value, _: format_tick(value, step))
+        )
+        bar.ax.tick_params(colors=self._text_color(), labelsize=_TICK_SIZE)
+        bar.outline.set_edgecolor(self._text_color())
+        # Measure the labels once drawn and make the slot that wide.
+        self.figure.draw_without_rendering()
+        renderer = self.figure._get_renderer()
+        right = bar.ax.get_window_extent(renderer).x1
+        widest = max(
+            (label.get_window_extent(renderer).x1 - right for label in bar.ax.get_yticklabels()),
+            default=0.0,
+        )
+        self._labels_room = widest / self.figure.dpi + 0.08
+        self._layout()
 
     def add_overlay(
         self,
@@ -409,41 +520,45 @@ class OrthoDisplay(Display):
     # ------------------------------------------------------------ decorations
 
     def _draw_cross(self) -> None:
-        color = "white" if self._black_bg else "#3a3a3a"
+        # A light line edged in black reads on dark and bright parts of the
+        # image alike (a single dark or light line vanishes on one of them).
+        edge = [patheffects.withStroke(linewidth=2.6, foreground="black", alpha=0.55)]
+        style = {"color": "#e6e6e6", "lw": 1.1, "zorder": 4, "path_effects": edge}
         for direction, ax in self.axes.items():
             _, horizontal, vertical = _VIEW_AXES[direction]
             across = self.cut_coords.get("xyz"[horizontal])
             if across is not None:
-                ax.axvline(across, color=color, lw=0.6, zorder=4)
+                ax.axvline(across, **style)
             along = self.cut_coords.get("xyz"[vertical])
             if along is not None:
-                ax.axhline(along, color=color, lw=0.6, zorder=4)
+                ax.axhline(along, **style)
 
     def _annotate(self) -> None:
         # White letters outlined in black read on dark images and white margins alike.
         color = "white"
-        outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+        outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
         for direction, ax in self.axes.items():
             ax.text(
                 0.02,
                 0.03,
-                f"{direction}={self.cut_coords[direction]:.0f}",
+                cut_label(direction, self.cut_coords[direction]),
                 transform=ax.transAxes,
                 color=color,
-                fontsize=9,
+                fontsize=_LABEL_SIZE,
                 zorder=5,
                 path_effects=outline,
             )
             if direction in "yz":
-                for x, label in ((0.01, "L"), (0.99, "R")):
+                for x, label in ((0.02, "L"), (0.98, "R")):
                     ax.text(
                         x,
-                        0.92,
+                        0.97,
                         label,
                         transform=ax.transAxes,
                         color=color,
-                        fontsize=10,
+                        fontsize=_LABEL_SIZE,
                         ha="left" if label == "L" else "right",
+                        va="top",
                         zorder=5,
                         path_effects=outline,
                     )

@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from daskmask.plotting._display import OrthoDisplay
-from daskmask.plotting._volumes import load_volume, to_grid
+from daskmask.plotting._volumes import find_xyz_cut_coords, load_volume, to_grid
 
 __all__ = ["plot_epi"]
 
@@ -39,8 +39,8 @@ def plot_epi(
     title : str or None, default=None
         Title above the cuts.
     cut_coords : sequence of float, float or None, default=None
-        World coordinates (mm) of the cuts; by default the centre of the
-        brightest region.
+        World coordinates (mm) of the cuts; by default nilearn's choice, the
+        centre of the brightest region (:func:`find_xyz_cut_coords`).
     display_mode : str, default="ortho"
         "ortho" (sagittal, coronal, axial) or a combination of "x", "y", "z".
     cmap : str or matplotlib colormap, default="gray"
@@ -64,7 +64,11 @@ def plot_epi(
         Displays in notebooks; ``savefig("epi.png")`` or ``.svg``.
 
     """
-    grid = to_grid(load_volume(img, reduce="mean"), "continuous")
+    volume = load_volume(img, reduce="mean")
+    grid = to_grid(volume, "continuous")
+    if cut_coords is None:
+        # Found on the image's own voxels, as nilearn does (not the display grid).
+        cut_coords = find_xyz_cut_coords(volume)
     display = OrthoDisplay.create(
         grid,
         display_mode=display_mode,

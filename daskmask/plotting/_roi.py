@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import nibabel as nib
+import numpy as np
 from matplotlib.figure import Figure
 
 from daskmask.plotting._display import OrthoDisplay
-from daskmask.plotting._volumes import load_volume, to_grid
+from daskmask.plotting._volumes import Grid3D, find_xyz_cut_coords, load_volume, to_grid
 
 __all__ = ["plot_roi"]
 
@@ -25,7 +27,7 @@ def plot_roi(
     linewidths: float = 2.5,
     cmap: Any = "gray",
     figure: Figure | None = None,
-    black_bg: bool = False,
+    black_bg: bool | Literal["auto"] = "auto",
     colorbar: bool = False,
     draw_cross: bool = True,
     annotate: bool = True,
@@ -59,8 +61,10 @@ def plot_roi(
         Colormap of the background.
     figure : matplotlib.figure.Figure or None, default=None
         Draw into this figure instead of a new one.
-    black_bg : bool, default=False
-        Black background.
+    black_bg : bool or "auto", default="auto"
+        Black background. "auto" (nilearn's default): black unless the
+        background image is bright at its border (the look of
+        :func:`plot_epi` for EPI and masks alone).
     colorbar : bool, default=False
         Colorbar of the background.
     draw_cross : bool, default=True
@@ -81,17 +85,26 @@ def plot_roi(
     """
     if view_type not in ("filled", "contours"):
         raise ValueError(f"view_type must be 'filled' or 'contours', got {view_type!r}")
-    roi = to_grid(load_volume(roi_img, reduce="first"), "nearest")
-    roi = type(roi)((roi.data != 0).astype(float), roi.origin, roi.spacing)
+    roi_volume = load_volume(roi_img, reduce="first")
+    roi = to_grid(roi_volume, "nearest")
+    roi = Grid3D((roi.data != 0).astype(float), roi.origin, roi.spacing)
     background = None
     if bg_img is not None:
         background = to_grid(load_volume(bg_img, reduce="middle"), "continuous")
+    if black_bg == "auto":
+        black_bg = background is None or _dark_border(background.data)
+    if cut_coords is None:
+        # On the mask's own voxels, as nilearn finds them (not the display grid).
+        binary = np.asanyarray(roi_volume.dataobj) != 0
+        cut_coords = find_xyz_cut_coords(
+            nib.Nifti1Image(binary.astype(np.uint8), roi_volume.affine)
+        )
     display = OrthoDisplay.create(
         background if background is not None else roi,
         display_mode=display_mode,
-        cut_coords=cut_coords if cut_coords is not None else _roi_cuts(roi),
+        cut_coords=cut_coords,
         figure=figure,
-        black_bg=black_bg,
+        black_bg=bool(black_bg),
         colorbar=colorbar and background is not None,
         draw_cross=draw_cross,
         annotate=annotate,
@@ -106,7 +119,16 @@ def plot_roi(
     return display
 
 
-def _roi_cuts(roi: Any) -> tuple[float, float, float]:
-    from daskmask.plotting._volumes import find_cut_coords
+def _dark_border(data: np.ndarray, width: int = 2) -> bool:
+    """Whether an image is dark at its border (median of the outer ``width`` voxels).
 
-    return find_cut_coords(roi)
+    nilearn's rule for ``black_bg="auto"``: dark when that median is at most
+    the middle of the image's range.
+    """
+    values = np.nan_to_num(np.asarray(data, dtype=float))
+    inner = np.zeros(values.shape, dtype=bool)
+    inner[tuple(slice(width, -width) for _ in range(values.ndim))] = True
+    border = values[~inner]
+    if border.size == 0:
+        return True
+    return bool(np.median(border) <= (values.min() + values.max()) / 2)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from daskmask.plotting._display import Display
@@ -122,23 +123,55 @@ def plot_signals(
     if columns.size == 0 or total == 0:
         raise ValueError("No voxel to plot")
     if figure is None:
-        figure = Figure(figsize=(8, 2.4 * len(named) + (0.4 if title else 0)))
+        figure = Figure(figsize=(8, 2.3 * len(named) + 0.9 + (0.4 if title else 0)))
     else:
         figure.clear()
     figure.set_facecolor("white")
+    # Constrained layout keeps the title, the panel names and the legend apart.
+    figure.set_layout_engine("constrained")
     grid_axes = figure.subplots(len(named), 1, sharex=True, squeeze=False)[:, 0]
     axes = {}
+    handles: list[Any] = []
     for ax, (name, array) in zip(grid_axes, named.items(), strict=True):
         values, times, unit, names = _select(array, columns)
-        for column, voxel_name in enumerate(names):
-            ax.plot(times, values[:, column], lw=1.2, label=voxel_name)
-        ax.set_title(name, fontsize=10, loc="left")
-        ax.set_ylabel("signal")
+        lines = [
+            ax.plot(times, values[:, column], lw=1.2, label=voxel_name)[0]
+            for column, voxel_name in enumerate(names)
+        ]
+        handles = handles or lines
+        ax.set_title(name, fontsize=11, loc="left")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        _label_values(ax, values)
         axes[name] = ax
     grid_axes[-1].set_xlabel(unit)
     if title is not None:
-        figure.suptitle(title)
-    figure.tight_layout()
+        figure.suptitle(title, fontsize=13)
+    # One legend for all panels (the same voxels in each), below them: it
+    # never covers a curve.
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize=9,
+        frameon=False,
+    )
     return Display(figure, axes)
+
+
+def _label_values(ax: Any, values: np.ndarray) -> None:
+    """Label the value axis without an offset or a floating power of ten.
+
+    Signals near 1e-6 or 1e6 get their power of ten in the axis label
+    ("signal (× 1e-6)") instead of matplotlib's offset text, which sits at
+    the top of the axes and runs into the panel's name.
+    """
+    finite = np.abs(values[np.isfinite(values)])
+    largest = float(finite.max()) if finite.size else 0.0
+    exponent = int(np.floor(np.log10(largest))) if largest > 0 else 0
+    if -3 <= exponent < 5:
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+        ax.set_ylabel("signal")
+        return
+    scale = 10.0**exponent
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / scale:g}"))
+    ax.set_ylabel(f"signal (\u00d7 1e{exponent})")

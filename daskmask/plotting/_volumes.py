@@ -23,6 +23,7 @@ from scipy import ndimage
 __all__ = [
     "Grid3D",
     "find_cut_coords",
+    "find_xyz_cut_coords",
     "load_volume",
     "to_grid",
 ]
@@ -132,6 +133,22 @@ class Grid3D:
         """World coordinates of (fractional) voxel indices."""
         return self.origin + self.spacing * np.asarray(ijk, dtype=float)
 
+    def cropped(self) -> Grid3D:
+        """Return the smallest box holding every non-zero value (itself when all are zero).
+
+        Displays show this box, as nilearn's do: an oblique image resampled
+        onto a world grid gains empty corners, which would only shrink the
+        brain in its views.
+        """
+        values = np.nan_to_num(np.asarray(self.data, dtype=float))
+        nonzero = np.nonzero(values)
+        if nonzero[0].size == 0:
+            return self
+        low = np.array([int(index.min()) for index in nonzero])
+        high = np.array([int(index.max()) + 1 for index in nonzero])
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        return Grid3D(self.data[box], self.origin + self.spacing * low, self.spacing)
+
 
 def _axis_permutation(linear: np.ndarray) -> list[int] | None:
     """For each world axis, the voxel axis along it (None when oblique)."""
@@ -209,13 +226,79 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def find_cut_coords(grid: Grid3D) -> tuple[float, float, float]:
-    """World coordinates of a good cut through a volume.
+def _low_percentile(values: np.ndarray, percent: float) -> float:
+    """Return the value at rank ``int(n * percent / 100)`` of ``values`` (no interpolation).
 
-    The strongest 20 % of the non-zero values (all the voxels of a binary
-    mask) are kept, their largest connected component is taken and the cut
-    goes through its centre of mass (weighted by the absolute values). An
-    empty volume is cut through its centre.
+    The cut finder ranks rather than interpolates so that its threshold is
+    one of the values, as nilearn's ``fast_abs_percentile`` does.
+    """
+    rank = min(int(values.size * percent / 100), values.size - 1)
+    return float(np.partition(values, rank)[rank])
+
+
+def _cut_voxel(data: np.ndarray) -> np.ndarray:
+    """Fractional voxel index of a good cut through ``data`` (nilearn's choice).
+
+    Magnitudes count, whatever the sign. The voxels above the 80th
+    percentile of the non-zero magnitudes are kept, then their largest
+    connected component; within it, when more than 50 voxels exceed the
+    magnitude of the component's mean, only the largest connected part of
+    those is kept. The cut goes through the centre of mass of what remains,
+    weighted by the magnitudes. An empty volume is cut through its centre.
+    """
+    values = np.nan_to_num(np.asarray(data, dtype=float), nan=0.0, posinf=0.0, neginf=0.0)
+    magnitude = np.abs(values)
+    nonzero = magnitude[magnitude != 0]
+    if nonzero.size == 0:
+        return (np.asarray(values.shape, dtype=float) - 1) / 2
+    # Strictly above the threshold (give or take two float64 epsilons, an
+    # absolute margin): voxels tied at the threshold are left out, as nilearn does.
+    threshold = _low_percentile(nonzero, 80) - 2 * np.finfo(np.float64).eps
+    region = _largest_component(magnitude > threshold)
+    kept = values * region
+    second = np.abs(kept) > abs(kept[region].mean())
+    if second.sum() > 50:
+        kept = kept * _largest_component(second)
+    return np.asarray(ndimage.center_of_mass(np.abs(kept)), dtype=float)
+
+
+def find_xyz_cut_coords(img: nib.spatialimages.SpatialImage) -> tuple[float, float, float]:
+    """World coordinates (mm) of a good cut through a 3-D image, in its own voxel grid.
+
+    The same coordinates as ``nilearn.plotting.find_xyz_cut_coords`` for the
+    same image: found on the image's voxels (before any resampling for
+    display) and mapped to the world by its affine. See :func:`find_cut_coords`
+    for the rule.
+
+    Parameters
+    ----------
+    img : nibabel image
+        A 3-D image (a trailing axis of length 1 is dropped).
+
+    Returns
+    -------
+    tuple of 3 float
+        x, y, z in millimetres.
+
+    """
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    voxel = _cut_voxel(data)
+    world = nib.affines.apply_affine(np.asarray(img.affine, dtype=float), voxel)
+    return tuple(float(v) for v in world)
+
+
+def find_cut_coords(grid: Grid3D) -> tuple[float, float, float]:
+    """World coordinates of a good cut through a volume on a world grid.
+
+    The rule is nilearn's: keep the strongest 20 % of the non-zero
+    magnitudes (all the voxels of a binary mask), take their largest connected
+    component, keep within it the largest connected part above the
+    component's mean when it has more than 50 voxels, and cut through the
+    centre of mass of what remains. An empty volume is cut through its
+    centre. Use :func:`find_xyz_cut_coords` on the original image of an
+    oblique volume: the resampled grid gives slightly different numbers.
 
     Parameters
     ----------
@@ -228,12 +311,4 @@ def find_cut_coords(grid: Grid3D) -> tuple[float, float, float]:
         x, y, z in millimetres.
 
     """
-    values = np.abs(np.nan_to_num(np.asarray(grid.data, dtype=float)))
-    nonzero = values[values > 0]
-    if nonzero.size == 0:
-        centre = (np.asarray(values.shape) - 1) / 2
-        return tuple(float(v) for v in grid.voxel_to_world(centre))
-    threshold = np.percentile(nonzero, 80)
-    region = _largest_component(values >= threshold)
-    centre = ndimage.center_of_mass(values * region)
-    return tuple(float(v) for v in grid.voxel_to_world(np.asarray(centre)))
+    return tuple(float(v) for v in grid.voxel_to_world(_cut_voxel(grid.data)))
