@@ -19,9 +19,9 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskmask.cluster import SCHEDULER_ENV_VAR, connect, dashboard_message
+from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboard_message
 from daskmask.datasets import load_walkthrough_runs
-from daskmask.exceptions import BoundingBoxError
+from daskmask.exceptions import BoundingBoxError, ClusterConfigError, DaskmaskError
 from daskmask.maskers import NiftiMasker
 from daskmask.reading import open_nifti
 from daskmask.storage import open_results, save
@@ -164,7 +164,17 @@ def _scheduler(scheduler: str | None, reason: str = "") -> Iterator[None]:
         with dask.config.set(scheduler="threads"):
             yield
         return
-    with connect(scheduler) as client:
+    try:
+        client = connect(cluster=scheduler) if scheduler in CLUSTER_KINDS else connect(scheduler)
+    except DaskmaskError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ClusterConfigError(
+            f"Cannot compute on {scheduler!r} ({error}); give 'threads', "
+            f"{', '.join(repr(kind) for kind in CLUSTER_KINDS)} or a scheduler address such "
+            "as tcp://host:8786."
+        ) from error
+    with client:
         print(dashboard_message(client) or "Dask dashboard: none", flush=True)
         yield
 
@@ -222,7 +232,8 @@ def run(
         A 4D run to show every setting on. Default: the walkthrough's runs (the
         skull-stripped one for ``background``, the raw one for the others).
     scheduler : str, optional
-        ``"threads"``, a scheduler address or a kind of cluster for :func:`connect`.
+        ``"threads"``, a kind of cluster (``"local"``: the embedded LocalCluster, or one of
+        :data:`daskmask.cluster.CLUSTER_KINDS`) or a scheduler address.
         Default: ``$DASKMASK_SCHEDULER``, else threads for a small input (see
         :func:`choose_scheduler`), else the embedded LocalCluster.
     output : str or pathlib.Path

@@ -38,7 +38,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--scheduler",
         default=None,
         help=(
-            "scheduler address, or 'threads' for dask's threads without a cluster "
+            "'threads' (dask's threads, no cluster), 'local' (the embedded LocalCluster), "
+            "another kind of cluster or a scheduler address "
             "(default: $DASKMASK_SCHEDULER, else threads for an input under 1 GiB, "
             "else an embedded LocalCluster)"
         ),
