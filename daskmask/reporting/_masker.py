@@ -18,7 +18,7 @@ import xarray as xr
 
 from daskmask._version import __version__
 from daskmask.plotting._display import OrthoDisplay
-from daskmask.plotting._volumes import Grid3D, find_cut_coords, to_grid
+from daskmask.plotting._volumes import Grid3D, find_xyz_cut_coords, to_grid
 from daskmask.reporting._html import HTMLReport
 from daskmask.reporting._template import CSS, SCOPE
 
@@ -37,11 +37,14 @@ LIST_OF_4D = (
     "A list of 4D subject images were provided to fit. Only first subject is shown in the report."
 )
 
+#: What the picture shows, completed with the shown volume (see ``_shown``).
 DESCRIPTION = (
-    "The picture shows the image the mask was computed from, cut along the three axes, with "
-    "the border of the mask drawn in green. A good mask follows the outline of the brain: "
-    "it should neither cut into the brain nor take in the skull or the background."
+    "The picture shows {shown}, cut along the three axes through the centre of the mask, "
+    "with the border of the mask drawn in green. A good mask follows the outline of the "
+    "brain: it should neither cut into the brain nor take in the skull or the background."
 )
+#: How many feature names the report lists (nilearn lists 100 too).
+N_FEATURES_LISTED = 100
 HOVER_CAPTION = (
     "Shown: the input image with the mask before resampling. Hover over the picture to see "
     "the image and the mask resampled to the target grid (nearest neighbour)."
@@ -52,24 +55,37 @@ FOOTER_NOTE = (
 )
 
 
-def _reference_volume(images: xr.DataArray) -> tuple[nib.Nifti1Image, str | None]:
-    """Read the volume a report shows (only it); also return an optional warning."""
+def _reference_volume(
+    images: xr.DataArray, n_runs: int = 1
+) -> tuple[nib.Nifti1Image, str, str | None]:
+    """Read the volume a report shows (only it); say what it is; maybe warn."""
+    warning = None
     if images.ndim == 3:
         volume = images
-        warning = None
+        shown = "the image the masker was fitted on"
     else:
         source = images.attrs.get("source")
         n_time = images.sizes["time"]
-        warning = None
         if isinstance(source, list) and len(source) > 1:
             index = 0  # a list: its first image (first volume of the first run)
+            shown = f"the first of the {len(source)} images the masker was fitted on"
             if len(source) != n_time:
                 warning = LIST_OF_4D
+                shown = "the first volume of the first of the runs the masker was fitted on"
         else:
             index = n_time // 2
+            shown = (
+                f"volume {index} (the middle one of {n_time}, numbered from 0) of the run "
+                "the masker was fitted on"
+            )
+        if n_runs > 1:
+            shown = shown.replace(
+                "of the run the masker", f"of the first of the {n_runs} runs the masker"
+            )
         volume = images.isel(time=index)
     data = np.asarray(volume.compute().values)
-    return nib.Nifti1Image(data, np.asarray(images.attrs["affine"], dtype=float)), warning
+    affine = np.asarray(images.attrs["affine"], dtype=float)
+    return nib.Nifti1Image(data, affine), shown, warning
 
 
 def _svg_uri(display: OrthoDisplay) -> str:
@@ -78,10 +94,10 @@ def _svg_uri(display: OrthoDisplay) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
 
 
-def _figure(background: Any, mask: Any, cuts: tuple[float, float, float]) -> str:
+def _figure(background: Any, mask: Any, cuts: tuple[float, float, float], cmap: Any) -> str:
     grid = to_grid(background, "continuous")
     display = OrthoDisplay.create(grid, cut_coords=cuts, black_bg=False, colorbar=True)
-    display.add_image(grid, cmap="gray")
+    display.add_image(grid, cmap=cmap)
     display.add_contours(mask, levels=(0.5,), colors="g", linewidths=2.5)
     return _svg_uri(display)
 
@@ -105,39 +121,99 @@ def _summarise(value: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _parameters_table(masker: Any) -> str:
-    rows = []
-    for name, value in sorted(masker.get_params(deep=False).items()):
-        rows.append(
-            f'<tr><td>{html.escape(name)}</td><td class="dm-value">'
-            f"{html.escape(_summarise(value))}</td></tr>"
-        )
+def _table(rows: list[tuple[str, str]], headers: tuple[str, str]) -> str:
+    body = "".join(
+        f'<tr><td>{html.escape(name)}</td><td class="dm-value">{html.escape(value)}</td></tr>'
+        for name, value in rows
+    )
     return (
-        '<table class="dm-params"><thead><tr><th>Parameter</th><th>Value</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<table class="dm-params"><thead><tr><th>{headers[0]}</th><th>{headers[1]}</th>'
+        f"</tr></thead><tbody>{body}</tbody></table>"
     )
 
 
-def _figures(masker: Any, data: dict[str, Any], name: str) -> tuple[str, str | None, list[str]]:
-    """Draw the main figure, the resampled one (or None); return them and the warnings."""
+def _parameters_table(masker: Any) -> str:
+    rows = [
+        (name, _summarise(value)) for name, value in sorted(masker.get_params(deep=False).items())
+    ]
+    return _table(rows, ("Parameter", "Value"))
+
+
+def _fitted_attributes(masker: Any) -> list[tuple[str, str]]:
+    """Public fitted attributes (names ending in ``_``), as the estimator has them."""
+    return [
+        (name, _summarise(value))
+        for name, value in sorted(vars(masker).items())
+        if name.endswith("_") and not name.startswith("_")
+    ]
+
+
+def _features(masker: Any) -> str:
+    """List the first voxels of the mask, in the order of transform's columns."""
+    n = masker.n_elements_
+    mask = np.asanyarray(masker.mask_img_.dataobj) != 0
+    # C order of the mask's voxels: the order of transform's voxel axis.
+    voxels = np.argwhere(mask)[:N_FEATURES_LISTED]
+    items = "".join(f"<li>voxel ({i}, {j}, {k})</li>" for i, j, k in voxels.tolist())
+    listed = min(n, N_FEATURES_LISTED)
+    return (
+        f"<p>{n:,} features: one per voxel of the mask, in the order of the columns of "
+        f"<code>transform</code>'s output (its <code>voxel</code> axis, with the voxels' "
+        f"<code>i, j, k</code> indices as coordinates). The first {listed}:</p>"
+        f'<ol class="dm-features" start="0">{items}</ol>'
+    )
+
+
+def _summary(masker: Any, name: str) -> str:
+    """Build the estimator summary: collapsible parameters, fitted attributes, features."""
+    parts = [
+        '<details class="dm-estimator" open>',
+        f"<summary>{html.escape(name)}</summary>",
+        f"<details><summary>Parameters</summary>{_parameters_table(masker)}</details>",
+    ]
+    fitted = _fitted_attributes(masker)
+    if fitted:
+        parts.append(
+            "<details><summary>Fitted attributes</summary>"
+            f"{_table(fitted, ('Attribute', 'Value'))}</details>"
+        )
+    if hasattr(masker, "n_elements_") and hasattr(masker, "mask_img_"):
+        parts.append(
+            f"<details><summary>{masker.n_elements_:,} features</summary>"
+            f"{_features(masker)}</details>"
+        )
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def _figures(
+    masker: Any, data: dict[str, Any], name: str
+) -> tuple[str, str | None, str, list[str]]:
+    """Draw the main figure and the resampled one (or None); say what they show; warn."""
     messages = []
     mask = data["mask"]
     images = data.get("images")
     if images is None:
         messages.append(MASK_ONLY.format(name=name))
         background = mask
+        shown = "the mask itself (the masker was fitted with a mask_img and no image)"
     else:
+        n_runs = 1
         if isinstance(images, list):  # a MultiNiftiMasker's runs: the first one is shown
-            if len(images) > 1 and any(run.ndim == 4 for run in images):
+            n_runs = len(images)
+            if n_runs > 1 and any(run.ndim == 4 for run in images):
                 messages.append(LIST_OF_4D)
             images = images[0]
-        background, warning = _reference_volume(images)
+        background, shown, warning = _reference_volume(images, n_runs)
         if warning:
             messages.append(warning)
     mask_grid = to_grid(mask, "nearest")
     mask_grid = Grid3D((mask_grid.data != 0).astype(float), mask_grid.origin, mask_grid.spacing)
-    cuts = find_cut_coords(mask_grid)
-    main = _figure(background, mask_grid, cuts)
+    # Cut where nilearn cuts: found on the mask's own voxels.
+    binary = (np.asanyarray(mask.dataobj) != 0).astype(np.uint8)
+    cuts = find_xyz_cut_coords(nib.Nifti1Image(binary, mask.affine))
+    cmap = getattr(masker, "cmap", "gray")
+    main = _figure(background, mask_grid, cuts, cmap)
     resampled = None
     if masker.target_affine is not None or masker.target_shape is not None:
         from daskmask.image import resample_to_img
@@ -145,8 +221,8 @@ def _figures(masker: Any, data: dict[str, Any], name: str) -> tuple[str, str | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             moved = resample_to_img(background, data["resampled_mask"], interpolation="nearest")
-        resampled = _figure(moved, data["resampled_mask"], cuts)
-    return main, resampled, messages
+        resampled = _figure(moved, data["resampled_mask"], cuts, cmap)
+    return main, resampled, shown, messages
 
 
 def masker_report(masker: Any, title: str | None = None) -> HTMLReport:
@@ -178,6 +254,7 @@ def masker_report(masker: Any, title: str | None = None) -> HTMLReport:
     title = name if title is None else str(title)
     messages: list[str] = []
     main = resampled = None
+    shown = None
     coverage_text = None
     fitted = hasattr(masker, "mask_img_")
     if not fitted:
@@ -187,7 +264,7 @@ def masker_report(masker: Any, title: str | None = None) -> HTMLReport:
     elif getattr(masker, "_reporting_data", None) is None:
         messages.append(REPORTS_OFF_AT_FIT)
     else:
-        main, resampled, figure_messages = _figures(masker, masker._reporting_data, name)
+        main, resampled, shown, figure_messages = _figures(masker, masker._reporting_data, name)
         messages.extend(figure_messages)
     if fitted and masker.n_elements_ > 0:
         coverage = masker.n_elements_ / float(np.prod(masker.mask_img_.shape[:3])) * 100
@@ -197,7 +274,10 @@ def masker_report(masker: Any, title: str | None = None) -> HTMLReport:
     messages = sorted(set(messages))
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
-    body = _body(title, main, resampled, coverage_text, messages, _parameters_table(masker))
+    description = DESCRIPTION.format(shown=shown) if shown is not None else None
+    body = _body(
+        title, main, resampled, description, coverage_text, messages, _summary(masker, name)
+    )
     return HTMLReport(body, title=f"daskmask - {title} report")
 
 
@@ -205,9 +285,10 @@ def _body(
     title: str,
     main: str | None,
     resampled: str | None,
+    description: str | None,
     coverage_text: str | None,
     messages: list[str],
-    parameters: str,
+    summary: str,
 ) -> str:
     parts = [f'<div class="{SCOPE}">', f"<style>{CSS}</style>", f"<h1>{html.escape(title)}</h1>"]
     if messages:
@@ -216,7 +297,6 @@ def _body(
             '<section class="dm-warnings" id="warnings">'
             f"<h2>Warnings</h2><ul>{items}</ul></section>"
         )
-    parts.append('<div class="dm-main">')
     if main is not None:
         after = ""
         caption = ""
@@ -227,16 +307,17 @@ def _body(
             )
             caption = f'<p class="dm-caption">{html.escape(HOVER_CAPTION)}</p>'
         parts.append(
-            '<figure class="dm-figure" style="margin: 0;"><div class="dm-stack">'
+            '<figure class="dm-figure"><div class="dm-stack">'
             f'<img class="dm-before" src="{main}" alt="Input image with the outline of the mask">'
             f"{after}</div>{caption}</figure>"
         )
-    parts.append('<div class="dm-side"><h2>About this report</h2>')
-    parts.append(f"<p>{html.escape(DESCRIPTION)}</p>")
+    parts.append('<section class="dm-about"><h2>About this report</h2>')
     if coverage_text is not None:
         parts.append(f'<p class="dm-coverage">{html.escape(coverage_text)}</p>')
-    parts.append("</div></div>")
-    parts.append(f'<section id="parameters"><h2>Parameters</h2>{parameters}</section>')
+    if description is not None:
+        parts.append(f"<p>{html.escape(description)}</p>")
+    parts.append("</section>")
+    parts.append(f'<section id="parameters"><h2>Estimator</h2>{summary}</section>')
     note = f"<p>{html.escape(FOOTER_NOTE)}</p>" if main is not None else ""
     parts.append(
         f'<footer class="dm-footer">{note}<p>Made with daskmask {html.escape(__version__)}.</p>'
