@@ -5,7 +5,9 @@ made with ``debootstrap`` from the Debian mirror apt already uses, and the
 daskmask image is built FROM it with ``deploy/kubernetes/Containerfile`` and a
 wheel built from this checkout. Each is made once and cached by tag: the base
 by its fixed tag, the daskmask image by a hash of what goes into it (the
-Containerfile, the lock file and the wheel's contents). Podman's settings for
+Containerfile, the lock file, pyproject.toml and the wheel's contents; the
+Containerfile installs the dependencies in a layer of their own, so that podman
+reuses it when only daskmask's code changed). Podman's settings for
 these machines go to a ``containers.conf`` in a temporary folder, named by
 ``CONTAINERS_CONF``: nothing under /etc is changed.
 
@@ -32,6 +34,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONTAINERFILE = REPOSITORY / "deploy" / "kubernetes" / "Containerfile"
 LOCK_FILE = REPOSITORY / "requirements" / "lock.txt"
+PYPROJECT = REPOSITORY / "pyproject.toml"
 
 #: Debian packages podman needs here (rootful, runc, netavark) and debootstrap for the base.
 PODMAN_PACKAGES = (
@@ -266,9 +269,10 @@ def daskmask_image(
     podman.durations["daskmask wheel"] = time.perf_counter() - start
     shutil.copy2(CONTAINERFILE, context / "Containerfile")
     shutil.copy2(LOCK_FILE, context / "lock.txt")
+    shutil.copy2(PYPROJECT, context / "pyproject.toml")
     digest = hashlib.sha256()
-    digest.update(CONTAINERFILE.read_bytes())
-    digest.update(LOCK_FILE.read_bytes())
+    for path in (CONTAINERFILE, LOCK_FILE, PYPROJECT):
+        digest.update(path.read_bytes())
     digest.update(base_image.encode())
     _wheel_digest(wheel, digest)
     image = f"{IMAGE_NAME}:{digest.hexdigest()[:16]}"
@@ -295,10 +299,8 @@ def daskmask_image(
         str(context),
         timeout=1800,
     )
-    # One image per content hash is enough: drop older builds and the build stage's
-    # intermediate image (labelled in the Containerfile), about 1 GB each.
+    # One tagged image is enough: drop older builds (their shared layers stay, for reuse).
     listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_NAME)
     for old in set(listed.stdout.split()) - {image}:
         podman.run("rmi", old, check=False)
-    podman.run("image", "prune", "-f", "--filter", "label=org.daskmask.stage=build", check=False)
     return image
