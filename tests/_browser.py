@@ -114,11 +114,7 @@ class Chromium:
             self.send("Page.enable", session=self.session)
             self.send("Network.enable", session=self.session)
             self.send("Runtime.enable", session=self.session)
-            self.send(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-                session=self.session,
-            )
+            self.set_viewport(width, height)
         except BaseException:
             self.close()
             raise
@@ -209,6 +205,14 @@ class Chromium:
             elif event["method"] == "Network.webSocketCreated":
                 urls.append(event["params"]["url"])
         return urls
+
+    def set_viewport(self, width: int, height: int) -> None:
+        """Resize the page's viewport (CSS pixels), like a browser window of that size."""
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=self.session,
+        )
 
     def hover(self, x: float, y: float) -> None:
         """Move the mouse to page coordinates ``(x, y)`` (CSS pixels of the viewport)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -15,8 +18,14 @@ from matplotlib.figure import Figure
 import daskmask as dm
 from daskmask.datasets import generate_epi
 from daskmask.plotting import Display, OrthoDisplay, plot_epi, plot_roi, plot_signals
-from daskmask.plotting._display import parse_display_mode
-from daskmask.plotting._volumes import Grid3D, find_cut_coords, load_volume, to_grid
+from daskmask.plotting._display import cut_label, format_tick, parse_display_mode
+from daskmask.plotting._volumes import (
+    Grid3D,
+    find_cut_coords,
+    find_xyz_cut_coords,
+    load_volume,
+    to_grid,
+)
 
 GREEN = "#008000"  # matplotlib's "g"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -231,3 +240,250 @@ def test_plot_signals_numpy_and_errors() -> None:
         plot_signals([values, values[:, :2]])
     with pytest.raises(ValueError, match="labels"):
         plot_signals([values], labels=["a", "b"])
+
+
+# ------------------------------------------------------------------ against nilearn
+
+nilearn_plotting = pytest.importorskip("nilearn.plotting")
+nilearn_image = pytest.importorskip("nilearn.image")
+
+MNI_T1 = (
+    Path(dm.__file__).parent
+    / "datasets"
+    / "data"
+    / ("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+)
+
+
+@pytest.fixture(scope="module")
+def real_volumes(run: Path) -> dict[str, nib.Nifti1Image]:
+    """Real 3-D volumes: the mean of nibabel's example4d (oblique), of a generated
+    raw run, the MNI T1 template, and epi masks of both runs."""
+    sample = dm.datasets.load_sample()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "example4d mean": nilearn_image.mean_img(str(sample), copy_header=True),
+            "generated mean": nilearn_image.mean_img(str(run), copy_header=True),
+            "MNI T1": nib.load(MNI_T1),
+            "example4d mask": dm.compute_epi_mask(sample),
+            "generated mask": dm.compute_epi_mask(run),
+        }
+
+
+def _texts(figure: Figure) -> list[Any]:
+    """Every text drawn: annotations, tick labels of shown axes, titles, legends."""
+    texts = list(figure.texts)
+    for legend in figure.legends:
+        texts.extend(legend.get_texts())
+    for ax in figure.axes:
+        texts.extend(ax.texts)
+        texts.extend([ax.title, ax._left_title, ax.yaxis.label, ax.xaxis.label])
+        if ax.axison:
+            for axis in (ax.xaxis, ax.yaxis):
+                low, high = sorted(axis.get_view_interval())
+                span = (high - low) * 1e-9
+                texts.extend(
+                    tick.label1
+                    for tick in axis.get_major_ticks()
+                    if low - span <= tick.get_loc() <= high + span
+                )
+    return texts
+
+
+def _nilearn_cut_labels(display) -> dict[str, str]:
+    return {direction: _first_cut_text(axes.ax) for direction, axes in display.axes.items()}
+
+
+def _first_cut_text(ax) -> str:
+    (label,) = [t.get_text() for t in ax.texts if "=" in t.get_text()]
+    return label
+
+
+@pytest.mark.parametrize(
+    "name", ["example4d mean", "generated mean", "MNI T1", "example4d mask", "generated mask"]
+)
+def test_cut_coords_and_labels_equal_nilearns(
+    real_volumes: dict[str, nib.Nifti1Image], name: str
+) -> None:
+    volume = real_volumes[name]
+    expected = nilearn_plotting.find_xyz_cut_coords(volume)
+    assert np.allclose(find_xyz_cut_coords(volume), expected, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = nilearn_plotting.plot_epi(volume)
+    ours = plot_epi(volume)
+    assert np.allclose([ours.cut_coords[d] for d in "xyz"], theirs.cut_coords, atol=1e-6)
+    # Same label texts, e.g. "x=-19": truncated like nilearn's, never "-0".
+    ours_labels = {d: _first_cut_text(ax) for d, ax in ours.axes.items()}
+    assert ours_labels == _nilearn_cut_labels(theirs)
+    assert not any(label.endswith("=-0") for label in ours_labels.values())
+    theirs.close()
+
+
+def test_plot_roi_cuts_equal_nilearns(real_volumes: dict[str, nib.Nifti1Image], run: Path) -> None:
+    for name in ("example4d mask", "generated mask"):
+        mask = real_volumes[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = nilearn_plotting.plot_roi(
+                mask, bg_img=real_volumes[name.replace("mask", "mean")]
+            )
+        ours = plot_roi(mask, real_volumes[name.replace("mask", "mean")])
+        assert np.allclose([ours.cut_coords[d] for d in "xyz"], theirs.cut_coords, atol=1e-6)
+        assert {d: _first_cut_text(ax) for d, ax in ours.axes.items()} == _nilearn_cut_labels(
+            theirs
+        )
+        theirs.close()
+
+
+def test_cut_label_truncates_like_nilearn() -> None:
+    assert cut_label("x", -0.98) == "x=0"
+    assert cut_label("y", -0.02) == "y=0"
+    assert cut_label("z", 44.9) == "z=44"
+    assert cut_label("x", -19.59) == "x=-19"
+
+
+@pytest.mark.parametrize(
+    ("values", "step", "expected"),
+    [
+        ([0.0, 250.0, 1500.0], 250.0, ["0", "250", "1500"]),
+        ([-0.5, 0.0, 0.25], 0.25, ["-0.50", "0", "0.25"]),
+        ([1e-6, 2e-6], 1e-6, ["1e-06", "2e-06"]),
+        ([2e5, 4e5], 2e5, ["2e+05", "4e+05"]),
+        ([1.5e-6, 2.5e-6], 5e-7, ["1.5e-06", "2.5e-06"]),
+    ],
+)
+def test_format_tick(values: list[float], step: float, expected: list[str]) -> None:
+    assert [format_tick(v, step) for v in values] == expected
+
+
+def _inside_figure(figure: Figure) -> list[str]:
+    """Texts drawn (partly) outside the figure: clipped in a saved PNG."""
+    figure.draw_without_rendering()
+    renderer = figure._get_renderer()
+    box = figure.bbox
+    clipped = []
+    for text in _texts(figure):
+        if not text.get_visible() or not text.get_text():
+            continue
+        extent = text.get_window_extent(renderer)
+        if (
+            extent.x0 < box.x0 - 0.5
+            or extent.x1 > box.x1 + 0.5
+            or extent.y0 < box.y0 - 0.5
+            or extent.y1 > box.y1 + 0.5
+        ):
+            clipped.append(text.get_text())
+    return clipped
+
+
+@pytest.mark.parametrize("name", ["example4d mean", "generated mean", "MNI T1"])
+def test_no_clipped_labels_and_the_colorbar_reads_in_full(
+    real_volumes: dict[str, nib.Nifti1Image], name: str
+) -> None:
+    display = plot_epi(real_volumes[name], title=name)
+    assert _inside_figure(display.figure) == []
+    labels = [t.get_text() for t in display._colorbar_axes.get_yticklabels()]
+    assert len(labels) >= 3
+    data = real_volumes[name].get_fdata()
+    # Plain numbers in the range of the image (1500, not "1.5e+03" or "150(").
+    assert all(float(label) <= data.max() + 1e-9 for label in labels)
+    assert all("e" not in label for label in labels), labels
+    assert "-0" not in labels
+
+
+def test_tiny_and_huge_colorbars_do_not_clip(run: Path) -> None:
+    data = nib.load(run).get_fdata()[..., 0]
+    affine = nib.load(run).affine
+    for scale in (1e-6, 1e7):
+        display = plot_epi(nib.Nifti1Image(data * scale, affine))
+        assert _inside_figure(display.figure) == []
+    # The check sees a label that runs off the figure.
+    display.figure.text(0.99, 0.5, "runs off")
+    assert _inside_figure(display.figure) == ["runs off"]
+
+
+def test_crosshair_is_visible_on_dark_and_bright_parts(run: Path) -> None:
+    display = plot_roi(dm.compute_epi_mask(run), run)
+    lines = [line for ax in display.axes.values() for line in ax.get_lines()]
+    assert len(lines) == 6
+    for line in lines:
+        assert line.get_linewidth() >= 1.0
+        assert line.get_path_effects(), "no dark edge: the line vanishes on bright tissue"
+
+
+def test_plot_roi_background_matches_nilearns_auto(
+    real_volumes: dict[str, nib.Nifti1Image],
+) -> None:
+    mask = real_volumes["generated mask"]
+    display = plot_roi(mask, real_volumes["generated mean"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = nilearn_plotting.plot_roi(mask, bg_img=real_volumes["generated mean"])
+    assert display.figure.get_facecolor()[:3] == (0.0, 0.0, 0.0)
+    assert theirs.frame_axes.figure.get_facecolor()[:3] == (0.0, 0.0, 0.0)
+    theirs.close()
+    # A bright-bordered background (an inverted image) gives a white one.
+    mean = real_volumes["generated mean"]
+    inverted = nib.Nifti1Image(mean.get_fdata().max() - mean.get_fdata(), mean.affine)
+    assert plot_roi(mask, inverted).figure.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert plot_roi(mask).figure.get_facecolor()[:3] == (0.0, 0.0, 0.0)
+
+
+def test_views_are_cropped_to_the_data(real_volumes: dict[str, nib.Nifti1Image]) -> None:
+    # example4d is oblique: its world grid has empty corners that the views leave out.
+    mask = real_volumes["example4d mask"]
+    display = plot_roi(mask)
+    grid = to_grid(mask, "nearest")
+    low, high = display.axes["z"].get_xlim()
+    inside = np.nonzero(grid.data.any(axis=(1, 2)))[0]
+    assert low == pytest.approx(grid.extent(0)[0] + grid.spacing[0] * inside[0])
+    assert high == pytest.approx(grid.origin[0] + grid.spacing[0] * (inside[-1] + 0.5))
+
+
+def test_signals_legend_and_scale_stay_off_the_data(tmp_path: Path) -> None:
+    sample = str(dm.datasets.load_sample())
+    trended = dm.NiftiMasker(mask_strategy="epi").fit_transform(sample)
+    detrended = dm.NiftiMasker(mask_strategy="epi", detrend=True).fit_transform(sample)
+    display = plot_signals({"Trended": trended, "Detrended": detrended}, title="Signals")
+    display.savefig(tmp_path / "signals.png")
+    figure = display.figure
+    renderer = figure._get_renderer()
+    (legend,) = figure.legends
+    legend_box = legend.get_window_extent(renderer)
+    for ax in display.axes.values():
+        assert not ax.get_legend()
+        assert not legend_box.overlaps(ax.get_window_extent(renderer))
+        # No offset text (it ran into the panel's name): the scale is in the label.
+        assert ax.yaxis.get_offset_text().get_text() == ""
+    # Two volumes: detrended values are float noise near 1e-7; the label says so.
+    assert re.fullmatch(r"signal \(\u00d7 1e-\d+\)", display.axes["Detrended"].get_ylabel())
+    assert display.axes["Trended"].get_ylabel() == "signal"
+    assert _inside_figure(figure) == []
+
+
+def test_figures_save_to_png(run: Path, tmp_path: Path) -> None:
+    """Every figure of the walkthrough saved as PNG: not blank, the right size."""
+    from PIL import Image
+
+    mask = dm.compute_epi_mask(run)
+    masker = dm.NiftiMasker(mask_img=mask).fit()
+    figures = {
+        "epi": plot_epi(run, title="Mean EPI"),
+        "roi": plot_roi(mask, run, title="epi mask"),
+        "mni": plot_epi(MNI_T1, title="MNI T1"),
+        "signals": plot_signals(
+            {
+                "Trended": masker.transform(run),
+                "Detrended": dm.NiftiMasker(mask_img=mask, detrend=True).fit().transform(run),
+            },
+        ),
+    }
+    for name, display in figures.items():
+        path = tmp_path / f"{name}.png"
+        display.savefig(path, dpi=80)
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        width, height = display.figure.get_size_inches() * 80
+        assert abs(pixels.shape[0] - height) <= 1 and abs(pixels.shape[1] - width) <= 1
+        assert np.unique(pixels.reshape(-1, 3), axis=0).shape[0] > 50, name

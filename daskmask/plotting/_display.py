@@ -52,20 +52,27 @@ def format_tick(value: float, step: float) -> str:
     """Return a colorbar tick label as short as the tick spacing ``step`` allows.
 
     Plain numbers between 1e-3 and 1e5 (``1500``, ``0.25``), otherwise
-    scientific with as many digits as the spacing needs (``1.5e-06``); a zero
-    is ``0``, never ``-0``.
+    scientific (``1.5e-06``), with as many digits as the spacing needs to tell
+    ticks apart; a zero is ``0``, never ``-0``.
     """
-    if value == 0 or abs(value) < abs(step) * 1e-9:
+    step = abs(step)
+    if value == 0 or abs(value) < step * 1e-9:
         return "0"
-    magnitude = max(abs(value), abs(step))
+    magnitude = max(abs(value), step)
     if 1e-3 <= magnitude < 1e5:
-        decimals = max(0, -int(np.floor(np.log10(abs(step)) + 1e-9))) if step else 0
-        text = f"{value:.{decimals}f}"
+        text = f"{value:.{_decimals(step)}f}"
     else:
-        exponent = int(np.floor(np.log10(magnitude)))
-        digits = max(0, exponent - int(np.floor(np.log10(abs(step)) + 1e-9))) if step else 2
-        text = f"{value:.{min(digits, 6)}e}"
+        scale = 10.0 ** int(np.floor(np.log10(magnitude)))
+        text = f"{value:.{_decimals(step / scale)}e}"
     return "0" if float(text) == 0 else text
+
+
+def _decimals(step: float) -> int:
+    """Fewest decimals (up to 6) that write ``step`` exactly (0.25 needs 2)."""
+    for decimals in range(7):
+        if step == 0 or abs(round(step, decimals) - step) <= step * 1e-6:
+            return decimals
+    return 6
 
 
 #: For each cut direction: the world axis cut, then the horizontal and
