@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable naming a scheduler address used when none is passed.
 SCHEDULER_ENV_VAR = "DASKMASK_SCHEDULER"
+#: The variable dask itself reads (``scheduler-address``), set by the Dask Kubernetes
+#: operator in a DaskJob's pod: used when ``DASKMASK_SCHEDULER`` is not set.
+DASK_SCHEDULER_ENV_VAR = "DASK_SCHEDULER_ADDRESS"
 
 #: Job-queue kinds and the dask-jobqueue class that starts each.
 JOBQUEUE_CLASSES: dict[str, str] = {
@@ -96,8 +99,10 @@ def connect(
         An existing Client (returned as is), a scheduler address such as
         ``"tcp://10.0.0.5:8786"`` (a scheduler started by hand, by an sbatch
         script or by the Kubernetes operator), or None: then the address in
-        the ``DASKMASK_SCHEDULER`` environment variable is used if set, else
-        the cluster of kind ``cluster`` is started.
+        the ``DASKMASK_SCHEDULER`` environment variable is used if set (else
+        dask's own ``DASK_SCHEDULER_ADDRESS``, which the Kubernetes operator
+        sets in a DaskJob's pod), else the cluster of kind ``cluster`` is
+        started.
     cluster : str or None, default=None
         The kind of cluster to start when no scheduler is given, one of
         :data:`CLUSTER_KINDS`. None or ``"local"`` is the embedded
@@ -170,7 +175,11 @@ def connect(
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
         raise ClusterConfigError(f"jobs={jobs!r}: expected a whole number >= 0 of jobs to start.")
     # An explicit kind of cluster wins over the environment's address, as any argument does.
-    from_environment = os.environ.get(SCHEDULER_ENV_VAR) if cluster is None else None
+    from_environment = (
+        os.environ.get(SCHEDULER_ENV_VAR) or os.environ.get(DASK_SCHEDULER_ENV_VAR)
+        if cluster is None
+        else None
+    )
     address = scheduler if scheduler is not None else from_environment
     if address:
         if not isinstance(address, str):

@@ -68,6 +68,20 @@ def test_environment_variable_names_the_scheduler(scheduler_address, monkeypatch
         assert client.scheduler.address == scheduler_address
 
 
+def test_dask_scheduler_address_is_used_when_daskmask_scheduler_is_not_set(
+    scheduler_address, monkeypatch
+):
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", scheduler_address)
+    with dm.connect() as client:
+        assert client.scheduler.address == scheduler_address
+    # daskmask's own variable wins (nothing listens at the other address)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    monkeypatch.setenv(SCHEDULER_ENV_VAR, scheduler_address)
+    with dm.connect() as client:
+        assert client.scheduler.address == scheduler_address
+
+
 def test_explicit_argument_wins_over_the_environment(scheduler_address, monkeypatch):
     monkeypatch.setenv(SCHEDULER_ENV_VAR, "tcp://127.0.0.1:1")  # nothing listens there
     with dm.connect(scheduler_address) as client:
