@@ -222,6 +222,15 @@ class Chromium:
             session=self.session,
         )
 
+    def click(self, x: float, y: float) -> None:
+        """Click the left button at viewport coordinates ``(x, y)`` (CSS pixels)."""
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+                session=self.session,
+            )
+
     def screenshot(self, full_page: bool = True) -> bytes:
         """Return a PNG screenshot of the viewport, or of the whole page."""
         params: dict[str, Any] = {"format": "png"}

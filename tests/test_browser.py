@@ -207,3 +207,77 @@ def test_resampled_report_switches_on_hover(
     outside = np.ones(before.shape[:2], dtype=bool)
     outside[window] = False
     assert (before[outside] == after[outside]).all()
+
+
+def _summary_box(browser: Chromium, text: str) -> dict[str, float]:
+    """Viewport box of the <summary> whose text is ``text``, scrolled into view."""
+    return browser.evaluate(
+        f"""(() => {{
+            const s = [...document.querySelectorAll('summary')]
+                .find(e => e.textContent.trim() === {text!r});
+            s.scrollIntoView({{block: 'center'}});
+            const r = s.getBoundingClientRect();
+            return {{x: r.left + 10, y: r.top + r.height / 2}};
+        }})()"""
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "width", "least_share"),
+    [("single", 1600, 0.75), ("single", 600, 0.9), ("multi", 1600, 0.75)],
+)
+def test_report_figure_fills_the_window_wide_and_narrow(
+    browser: Chromium, run_path: Path, tmp_path: Path, kind: str, width: int, least_share: float
+) -> None:
+    if kind == "multi":
+        masker = dm.MultiNiftiMasker(mask_strategy="epi").fit([run_path, run_path])
+    else:
+        masker = dm.NiftiMasker(mask_strategy="epi").fit(run_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the multi report's "only the first run" warning
+        report = masker.generate_report()
+    page = tmp_path / f"{kind}.html"
+    report.save_as_html(page)
+    browser.set_viewport(width, 900)
+    try:
+        browser.events.clear()
+        browser.open(page.as_uri())
+        assert_offline(browser, page)
+        png = browser.screenshot(full_page=True)
+        (tmp_path / f"{kind}-{width}.png").write_bytes(png)  # kept for inspection
+        pixels = decode_png(png)
+        assert pixels.shape[1] == width, "the page is wider than the window"
+        assert browser.evaluate("document.documentElement.scrollWidth") <= width
+        white = (pixels.min(axis=2) >= 245).mean()
+        assert white < MAX_WHITE_SHARE, f"the page is blank: {white:.1%} white"
+        box = figure_box(browser)
+        # The figure uses the window: a wide window shows it large (its labels
+        # scale with it), a narrow one still shows all of it.
+        assert box["width"] >= least_share * width, (box, width)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width
+        top, left = int(box["y"]), int(box["x"])
+        figure = pixels[top : top + int(box["height"]), left : left + int(box["width"])]
+        assert green_pixels(figure).sum() > 300
+        assert "The mask includes" in browser.evaluate("document.body.innerText")
+
+        # The estimator summary: parameters, fitted attributes and features fold
+        # out on a click, without any script.
+        assert browser.evaluate("document.scripts.length") == 0
+        name = type(masker).__name__
+        sections = browser.evaluate(
+            "[...document.querySelectorAll('summary')].map(s => s.textContent.trim())"
+        )
+        assert sections == [
+            name,
+            "Parameters",
+            "Fitted attributes",
+            f"{masker.n_elements_:,} features",
+        ]
+        visible = "document.body.innerText.includes('n_elements_')"
+        assert not browser.evaluate(visible)
+        point = _summary_box(browser, "Fitted attributes")
+        browser.click(point["x"], point["y"])
+        assert browser.evaluate(visible)
+        (tmp_path / f"{kind}-{width}-open.png").write_bytes(browser.screenshot(full_page=True))
+    finally:
+        browser.set_viewport(1280, 900)

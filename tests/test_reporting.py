@@ -225,3 +225,57 @@ def test_html_report_resize() -> None:
     with pytest.warns(UserWarning, match="Using the default instead, 800"):
         report.resize("wide", 300)
     assert (report.width, report.height) == (800, 300)
+
+
+def test_report_says_which_volume_it_shows(run: Path) -> None:
+    text = _text(dm.NiftiMasker().fit(run).generate_report().get_standalone())
+    n = nib.load(run).shape[3]
+    assert f"volume {n // 2} (the middle one of {n}, numbered from 0)" in text
+    assert "the image the mask was computed from" not in text
+    mask_only = dm.NiftiMasker(mask_img=dm.compute_epi_mask(run)).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert "the mask itself" in _text(mask_only.generate_report().get_standalone())
+
+
+def test_report_estimator_summary_is_collapsible(run: Path) -> None:
+    masker = dm.NiftiMasker(mask_strategy="epi").fit(run)
+    document = masker.generate_report().get_standalone()
+    sections = re.findall(r"<details[^>]*><summary>([^<]+)</summary>", document)
+    n = masker.n_elements_
+    assert sections == ["NiftiMasker", "Parameters", "Fitted attributes", f"{n:,} features"]
+    attributes = re.search(r"Fitted attributes</summary>(.*?)</details>", document, re.S)
+    text = _text(attributes.group(1))
+    for name in ("affine_", "clean_args_", "mask_img_", "n_elements_"):
+        assert name in text
+    assert f"n_elements_ {n}" in text
+    assert f"Nifti1Image(shape={masker.mask_img_.shape})" in text
+    # The listed features are transform's first voxel columns, in order.
+    listed = re.findall(r"<li>voxel \((\d+), (\d+), (\d+)\)</li>", document)
+    signals = masker.transform(run)
+    first = [tuple(str(int(signals.coords[c].values[v])) for c in "ijk") for v in range(100)]
+    assert listed == first
+
+
+def test_multi_masker_report_matches_nilearn(run: Path, tmp_path: Path) -> None:
+    other = generate_epi(tmp_path / "run2.nii", shape=(24, 28, 14), n_timepoints=5, seed=5)
+    ours = dm.MultiNiftiMasker(mask_strategy="epi").fit([run, other])
+    theirs = nilearn_maskers.MultiNiftiMasker(mask_strategy="epi").fit([str(run), str(other)])
+    report, messages = _warnings_of(ours.generate_report)
+    _, their_messages = _warnings_of(lambda: theirs.generate_report())
+    assert messages and set(messages) <= set(their_messages)
+    document = report.get_standalone()
+    assert _coverage_sentence(document) == _coverage_sentence(
+        _nilearn_report(theirs).get_standalone()
+    )
+    assert "<h1>MultiNiftiMasker</h1>" in document
+    assert "of the first of the 2 runs" in _text(document)
+    (svg,) = _svgs(document)
+    assert "stroke: #008000" in svg
+    assert f"{ours.n_elements_:,} features" in document
+
+
+def test_report_uses_the_maskers_cmap(run: Path) -> None:
+    gray = dm.NiftiMasker().fit(run).generate_report().get_standalone()
+    hot = dm.NiftiMasker(cmap="hot").fit(run).generate_report().get_standalone()
+    assert _svgs(gray)[0] != _svgs(hot)[0]
