@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +108,15 @@ def failure_hint(params: Mapping[str, Any], error: BaseException) -> str:
     """
     strategy = params.get("mask_strategy", "background")
     opening = (params.get("mask_args") or {}).get("opening")
+    empty = "empty" in str(error).lower()
+    if strategy.endswith("-template") and (empty or isinstance(error, BoundingBoxError)):
+        return (
+            "the MNI template does not overlap this run: template strategies need a run in "
+            "MNI space; use mask_strategy='epi' (raw) or 'background' (skull-stripped)."
+        )
     if isinstance(error, BoundingBoxError):
         return "the target grid misses the run: give a target_affine whose field of view holds it."
-    if "empty" in str(error).lower():
-        if strategy.endswith("-template"):
-            return (
-                "the MNI template does not overlap this run: template strategies need a run in "
-                "MNI space; use mask_strategy='epi' (raw) or 'background' (skull-stripped)."
-            )
+    if empty:
         if opening:
             return (
                 f"opening={opening} erodes the mask {opening} times before dilating it back, "
@@ -187,14 +189,30 @@ def _describe(label: str, path: str | os.PathLike[str]) -> str:
 
 def _fit_setting(label: str, params: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     """Fit one setting and print its result or its failure; return whether it ran."""
-    try:
-        masker = NiftiMasker(**params).fit(path)
-    except Exception as error:  # noqa: BLE001 - any failure is this setting's result
+    # Warnings belong to this setting's result: printed under its line, not as a stray
+    # stderr line pointing into daskmask.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            masker = NiftiMasker(**params).fit(path)
+            error = None
+        except Exception as failure:  # noqa: BLE001 - any failure is this setting's result
+            error = failure
+    if error is None:
+        print(f"{label}: {coverage_sentence(masker)}", flush=True)
+    else:
         print(f"{label}: failed: {type(error).__name__}: {error}", flush=True)
+    for warning in _distinct(caught):
+        print(f"    warning: {warning}", flush=True)
+    if error is not None:
         print(f"    hint: {failure_hint(params, error)}", flush=True)
-        return False
-    print(f"{label}: {coverage_sentence(masker)}", flush=True)
-    return True
+    return error is None
+
+
+def _distinct(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Return the texts of the caught warnings, each once, in order."""
+    texts = [f"{w.category.__name__}: {str(w.message).strip()}" for w in caught]
+    return list(dict.fromkeys(texts))
 
 
 def _extract(path: str | os.PathLike[str], output: str | Path) -> bool:
@@ -252,7 +270,7 @@ def run(
         runs = DemoRuns(masked=images, raw=images)
     size = _input_bytes(runs)
     choice = choose_scheduler(scheduler, size)
-    reason = "" if scheduler or size is None else f"; input {size / 2**20:.0f} MiB"
+    reason = "" if scheduler or size is None else f"; input {size / 2**20:.1f} MiB"
     ran = []
     with _scheduler(choice, reason):
         if images is None:
