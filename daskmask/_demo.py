@@ -31,9 +31,12 @@ from daskmask.storage import open_results, save
 DEFAULT_OUTPUT = Path("daskmask-demo.zarr")
 
 #: Below this many bytes of input (on disk, all runs together), the demo computes on dask's
-#: threads: starting a LocalCluster (worker processes, each importing daskmask) costs more
-#: than it saves. Measured by ``benchmarks/bench_scheduler_choice.py`` (benchmarks/README.md).
-THREADS_BELOW_BYTES = 1 << 30
+#: threads. Measured by ``benchmarks/bench_scheduler_choice.py`` (benchmarks/README.md) on 2
+#: cores, start-up included: threads took 11 s against 29 s for the LocalCluster on the
+#: walkthrough runs (33 MiB), 74 s against 146 s on the 2.2 GB HCP-like run. Above this size the
+#: LocalCluster is started for what it gives a long job (the dashboard, per-worker memory
+#: limits), not for speed on one machine.
+THREADS_BELOW_BYTES = 4 << 30
 
 #: The walkthrough's settings: (label, NiftiMasker parameters).
 WALKTHROUGH_SETTINGS: list[tuple[str, dict[str, Any]]] = [

@@ -40,7 +40,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help=(
             "'threads' (dask's threads, no cluster), 'local' (the embedded LocalCluster), "
             "another kind of cluster or a scheduler address "
-            "(default: $DASKMASK_SCHEDULER, else threads for an input under 1 GiB, "
+            "(default: $DASKMASK_SCHEDULER, else threads for an input under 4 GiB, "
             "else an embedded LocalCluster)"
         ),
     )
