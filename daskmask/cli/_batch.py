@@ -8,10 +8,22 @@ Scheduler (``--scheduler``):
   (``jobs=N`` with ``--jobs N``), and the command closes it at the end;
 * anything else: the address of a running scheduler.
 
-Without ``--scheduler``: ``$DASKMASK_SCHEDULER`` when set, else ``threads``
-when at most one run needs masking and its input is under
-:data:`SMALL_RUN_BYTES` (no cluster to start for one small run), else
-``local``.
+Without ``--scheduler``: ``$DASKMASK_SCHEDULER`` when set, else ``threads``,
+whatever the number and the size of the runs. On one machine a batch on
+threads is faster and smaller than on a LocalCluster of processes: measured
+with 8 runs of 64x64x40x400 int16 ``.nii.gz`` (``benchmarks/README.md``, "Many
+runs"), the LocalCluster costs about twice the CPU time (every worker imports
+daskmask, the signals go through the scheduler and the workers pickle
+them) and about 250 MiB more per worker process, while the work itself
+(inflating, masking, cleaning, compressing) releases the GIL. A cluster is
+for more than one machine: name it (``--scheduler local|slurm|ADDRESS``).
+
+On threads, the batch runs :func:`threads_execution`: one pool of as many
+threads as cores computes the tasks of every run in flight (dask's default
+would give each run's thread a pool of its own, cores + 4 threads each), BLAS
+runs single-threaded inside those tasks (as in distributed's workers), and
+the task budget is :data:`BATCH_BLOCK_BYTES` unless ``daskmask.block-bytes``
+is configured.
 """
 
 from __future__ import annotations
@@ -28,17 +40,28 @@ from typing import Any
 
 import dask
 
+from daskmask._memory import BUDGET_KEY
 from daskmask.batch._progress import BatchProgress
 from daskmask.batch._runner import BatchInterrupted, Prepared, RunPlan, execute, prepare
 from daskmask.batch._summary import SUMMARY_NAME, RunOutcome
 from daskmask.cli._options import UsageError
 from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboard_message
 
-#: A single run smaller than this is masked on threads when no scheduler is named.
+#: Before the batch ran on threads whatever the runs: the size under which one run was
+#: masked on threads (kept for callers that read it; no longer part of the rule).
 SMALL_RUN_BYTES = 1 << 30
 
+#: Task budget of a batch on threads (see :mod:`daskmask._memory`), unless
+#: ``daskmask.block-bytes`` is set: with two runs in flight, each task (a time
+#: slab, a voxel block and its cleaning copies) stays small enough that the
+#: whole process keeps to a few hundred MiB; smaller tasks only add scheduling
+#: overhead (0.1 ms each on threads). Measured in ``benchmarks/README.md``.
+BATCH_BLOCK_BYTES = "8MiB"
 
-#: Runs masked at the same time on a cluster when neither --runs-in-flight nor workers say more.
+
+#: Runs masked at the same time when neither --runs-in-flight nor workers say more: on
+#: threads, one run's serial parts (its decode pass, its mask, its store's metadata)
+#: overlap the other's tasks.
 DEFAULT_RUNS_IN_FLIGHT = 2
 
 
@@ -50,8 +73,8 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         "--scheduler",
         metavar="threads|local|ADDRESS" + (f"|{kinds}" if kinds else ""),
         help=(
-            "where to compute (default: $DASKMASK_SCHEDULER, else threads for one small run, "
-            "else local: a LocalCluster on this machine)"
+            "where to compute (default: $DASKMASK_SCHEDULER, else threads: dask's threads "
+            "in this process; local: a LocalCluster of processes on this machine)"
         ),
     )
     group.add_argument(
@@ -68,7 +91,7 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int("--runs-in-flight"),
         metavar="N",
         help=(
-            "runs masked at the same time (default: 1 on threads, else the number of workers, "
+            "runs masked at the same time (default: 2 on threads, else the number of workers, "
             "at least 2): bounds the memory in use whatever the number of runs"
         ),
     )
@@ -95,15 +118,41 @@ def choose_scheduler(option: str | None, prepared: Sequence[Prepared]) -> str:
     """Return the scheduler to use (see the module docstring for the rule)."""
     if option:
         return option
+    del prepared  # the rule no longer depends on the runs (see the module docstring)
     environment = os.environ.get(SCHEDULER_ENV_VAR)
     if environment:
         return environment
-    todo = [item for item in prepared if item.action == "run"]
-    if len(todo) <= 1:
-        size = (todo[0].recipe or {}).get("files", {}).get(todo[0].plan.input, {}) if todo else {}
-        if int(size.get("size", 0)) < SMALL_RUN_BYTES:
-            return "threads"
-    return "local"
+    return "threads"
+
+
+@contextlib.contextmanager
+def threads_execution() -> Iterator[int]:
+    """Compute a batch on dask's threads in this process; yield the number of threads.
+
+    One pool of as many threads as dask's ``num_workers`` (else the cores)
+    runs the tasks of every run in flight; without it, dask gives each
+    calling thread (one per run in flight) a pool of its own of cores + 4
+    threads, so that the tasks, hence the memory in use, multiply with the
+    runs in flight. BLAS (OpenBLAS, MKL) is limited to one thread inside
+    the tasks, as distributed does in its workers: its own threads competed
+    with dask's for the same cores (measured: 30-40 % more CPU time for the
+    cleaning). The task budget is :data:`BATCH_BLOCK_BYTES` unless
+    ``daskmask.block-bytes`` is configured.
+    """
+    from dask.threaded import ContextAwareThreadPoolExecutor
+    from threadpoolctl import threadpool_limits
+
+    threads = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    settings: dict[str, Any] = {"scheduler": "threads", "pool": None, "num_workers": threads}
+    if dask.config.get(BUDGET_KEY, "auto") in ("auto", None):
+        settings[BUDGET_KEY] = BATCH_BLOCK_BYTES
+    pool = ContextAwareThreadPoolExecutor(threads, thread_name_prefix="dask-batch")
+    settings["pool"] = pool
+    try:
+        with dask.config.set(settings), threadpool_limits(limits=1, user_api="blas"):
+            yield threads
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -114,7 +163,7 @@ def scheduler(choice: str, jobs: int | None) -> Iterator[Any]:
             raise UsageError(
                 "--jobs", "only applies to a cluster; drop it with --scheduler threads"
             )
-        with dask.config.set(scheduler="threads"):
+        with threads_execution():
             yield None
         return
     extra = {"jobs": jobs} if jobs is not None else {}
@@ -203,7 +252,7 @@ def run_batch(
                 jobs = max(1, min(to_do, args.runs_in_flight or DEFAULT_RUNS_IN_FLIGHT))
             with scheduler(choice, jobs) if needs_compute else contextlib.nullcontext() as client:
                 in_flight = args.runs_in_flight or (
-                    1
+                    DEFAULT_RUNS_IN_FLIGHT
                     if client is None
                     else max(DEFAULT_RUNS_IN_FLIGHT, _workers(client), jobs or 0)
                 )
