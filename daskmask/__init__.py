@@ -7,20 +7,7 @@ parameters, defaults and results.
 
 import importlib
 
-from daskmask import signal
 from daskmask._version import __version__
-from daskmask.maskers import MultiNiftiMasker, NiftiMasker
-from daskmask.masking import (
-    compute_background_mask,
-    compute_brain_mask,
-    compute_epi_mask,
-    compute_multi_background_mask,
-    compute_multi_brain_mask,
-    compute_multi_epi_mask,
-    intersect_masks,
-    mean_img,
-)
-from daskmask.reading import open_nifti
 
 __all__ = [
     "MultiNiftiMasker",
@@ -45,9 +32,22 @@ __all__ = [
 ]
 
 
-#: Loaded on first use, so that ``import daskmask`` stays light (a small run must
-#: not pay for zarr, distributed, the generator or matplotlib): name -> (module, attribute).
+#: Loaded on first use, so that ``import daskmask`` stays light: nothing heavy (dask.array,
+#: xarray, scipy, scikit-learn, zarr, distributed, matplotlib) is imported before a name
+#: that needs it is used (issue 14: ``import daskmask`` <= 0.5 s). name -> (module, attribute).
 _LAZY = {
+    "MultiNiftiMasker": ("daskmask.maskers", "MultiNiftiMasker"),
+    "NiftiMasker": ("daskmask.maskers", "NiftiMasker"),
+    "compute_background_mask": ("daskmask.masking", "compute_background_mask"),
+    "compute_brain_mask": ("daskmask.masking", "compute_brain_mask"),
+    "compute_epi_mask": ("daskmask.masking", "compute_epi_mask"),
+    "compute_multi_background_mask": ("daskmask.masking", "compute_multi_background_mask"),
+    "compute_multi_brain_mask": ("daskmask.masking", "compute_multi_brain_mask"),
+    "compute_multi_epi_mask": ("daskmask.masking", "compute_multi_epi_mask"),
+    "intersect_masks": ("daskmask.masking", "intersect_masks"),
+    "mean_img": ("daskmask.masking", "mean_img"),
+    "open_nifti": ("daskmask.reading", "open_nifti"),
+    "signal": ("daskmask.signal", None),
     "connect": ("daskmask.cluster", "connect"),
     "datasets": ("daskmask.datasets", None),
     "plotting": ("daskmask.plotting", None),
