@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,12 @@ from daskmask.datasets import generate_epi
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# The walkthrough runs are generated at first use into a cache folder: the tests use their
+# own (one per test process, removed at exit), never the user's ~/.cache.
+if "DASKMASK_DATA" not in os.environ:
+    os.environ["DASKMASK_DATA"] = tempfile.mkdtemp(prefix="daskmask-test-data-")
+    atexit.register(shutil.rmtree, os.environ["DASKMASK_DATA"], ignore_errors=True)
 
 #: Fixtures that make a test heavy, by marker: `make test-quick` deselects these markers.
 _FIXTURE_MARKERS = {

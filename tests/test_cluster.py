@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -150,13 +151,15 @@ def test_demo_runs_on_the_chosen_scheduler(scheduler, scheduler_address, tmp_pat
         env={k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR},
     )
     assert completed.returncode == 0, completed.stderr
-    first = completed.stdout.splitlines()[0]
+    # the first line after the (first-use) generation of the walkthrough runs
+    lines = [line for line in completed.stdout.splitlines() if not line.startswith("Generating")]
     if scheduler == "threads":
-        assert first.startswith("Scheduler: dask's threads in this process")
+        assert lines[0].startswith("Scheduler: dask's threads in this process")
     else:
-        assert first.startswith("Dask dashboard:")
-    assert "Detrended: mean 0.00, std 0.00" in completed.stdout
-    assert dm.open_results(output).signals.shape == (2, 84767)
+        assert lines[0].startswith("Dask dashboard:")
+    # the walkthrough's raw run: 150 volumes, detrended signals that still vary
+    assert re.search(r"Detrended: mean 0.00, std [1-9]", completed.stdout), completed.stdout
+    assert dm.open_results(output).signals.shape[0] == 150
 
 
 def test_a_local_cluster_shares_the_scratch_folder(scheduler_address, run_path, tmp_path):
