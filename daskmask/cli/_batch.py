@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -56,7 +57,10 @@ SMALL_RUN_BYTES = 1 << 30
 #: slab, a voxel block and its cleaning copies) stays small enough that the
 #: whole process keeps to a few hundred MiB; smaller tasks only add scheduling
 #: overhead (0.1 ms each on threads). Measured in ``benchmarks/README.md``.
-BATCH_BLOCK_BYTES = "8MiB"
+BATCH_BLOCK_BYTES = "4MiB"
+
+#: glibc malloc arenas of a batch on threads (``mallopt(M_ARENA_MAX)``; default 8 per core).
+BATCH_MALLOC_ARENAS = 2
 
 
 #: Runs masked at the same time when neither --runs-in-flight nor workers say more: on
@@ -137,7 +141,12 @@ def threads_execution() -> Iterator[int]:
     the tasks, as distributed does in its workers: its own threads competed
     with dask's for the same cores (measured: 30-40 % more CPU time for the
     cleaning). The task budget is :data:`BATCH_BLOCK_BYTES` unless
-    ``daskmask.block-bytes`` is configured.
+    ``daskmask.block-bytes`` is configured, and (from the start of
+    :func:`run_batch`) glibc gives the batch's threads at most
+    :data:`BATCH_MALLOC_ARENAS` malloc arenas: each of the threads
+    (compute, runs in flight, their decode helpers) otherwise gets an arena of
+    its own, which keeps the memory its tasks freed for itself (measured: peak
+    410 -> 355 MiB with 8 runs, CPU time unchanged).
     """
     from dask.threaded import ContextAwareThreadPoolExecutor
     from threadpoolctl import threadpool_limits
@@ -153,6 +162,13 @@ def threads_execution() -> Iterator[int]:
             yield threads
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _limit_malloc_arenas(arenas: int) -> None:
+    """Cap glibc's malloc arenas for the threads started from now on (elsewhere: nothing)."""
+    m_arena_max = -8  # glibc's malloc.h
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(m_arena_max, arenas)
 
 
 @contextlib.contextmanager
@@ -239,6 +255,8 @@ def run_batch(
 ) -> int:
     """Run ``plans``: resume decisions, scheduler, progress, summary; return the exit status."""
     start = time.perf_counter()
+    # before any thread of the batch starts (those of prepare included): see threads_execution
+    _limit_malloc_arenas(BATCH_MALLOC_ARENAS)
     with _terminate_as_interrupt() as received:
         try:
             prepared = prepare(plans, force=args.force)
