@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from daskmask._fs import Location, locate, storage_errors
+from daskmask._warnings import warn_user
 from daskmask.exceptions import DatasetError, MissingExtraError
 
 #: BIDS entities in the order BIDS writes them in a file name.
@@ -272,10 +272,9 @@ def _read_t_r(location: Location, sidecars: list[str]) -> dict[str, float | None
             value = json.loads(content).get("RepetitionTime")
             t_r = float(value) if value is not None else None
         except (ValueError, TypeError, AttributeError, OSError) as error:
-            warnings.warn(
+            warn_user(
                 f"{location.join(*relative.split('/')).url}: cannot read RepetitionTime "
                 f"({error}); the run's t_r is left unset (the image header's TR applies).",
-                stacklevel=3,
             )
         result[relative] = t_r
     return result

@@ -16,6 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from daskmask._warnings import warn_user
 from daskmask.image import resample_volume, smooth_array
 from daskmask.image._grid import Interpolation
 from daskmask.image.resampling import resampled_dtype
@@ -101,10 +102,9 @@ def smooth_volumes(
 
     """
     if isinstance(fwhm, int | float) and not isinstance(fwhm, bool) and fwhm == 0.0:
-        warnings.warn(
+        warn_user(
             f"The parameter 'fwhm' for smoothing is specified as {fwhm}. Setting it to None "
             "(no smoothing will be performed)",
-            stacklevel=2,
         )
         fwhm = None
     data = whole_in_space(data)

@@ -6,11 +6,12 @@ is meant to be mapped over chunks of a 4-D run that are complete in space.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+
+from daskmask._warnings import warn_user
 
 #: FWHM of a Gaussian divided by its standard deviation, sqrt(8 ln 2).
 FWHM_TO_SIGMA_RATIO = np.sqrt(8 * np.log(2))
@@ -96,10 +97,9 @@ def smooth_array(
 
     """
     if isinstance(fwhm, (int, float)) and not isinstance(fwhm, bool) and fwhm == 0.0:
-        warnings.warn(
+        warn_user(
             f"The parameter 'fwhm' for smoothing is specified as {fwhm}. Setting it to None "
             "(no smoothing will be performed)",
-            stacklevel=2,
         )
         fwhm = None
     if arr.dtype.kind in "iu":

@@ -10,7 +10,6 @@ images.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ import numpy as np
 import xarray as xr
 from scipy.ndimage import affine_transform, binary_dilation
 
+from daskmask._warnings import warn_user
 from daskmask.image._grid import (
     INTERPOLATION_ORDERS,
     Interpolation,
@@ -68,7 +68,7 @@ def resampled_dtype(dtype: np.dtype, interpolation: str, warn: bool = True) -> n
         width = max(dtype.itemsize, 4)
         cast = np.dtype(f"float{8 * width}")
         if warn:
-            warnings.warn(f"Casting data from {dtype.name} to {cast.name}", stacklevel=3)
+            warn_user(f"Casting data from {dtype.name} to {cast.name}")
         dtype = cast
     return dtype.newbyteorder("=")
 
@@ -139,19 +139,17 @@ def _resample_into(
         if not non_finite.any():
             non_finite = None
     if non_finite is not None:
-        warnings.warn(
+        warn_user(
             "NaNs or infinite values are present in the data passed to resample. This is a "
             "bad thing as they make resampling ill-defined and much slower.",
             RuntimeWarning,
-            stacklevel=4,
         )
         volume = _extrapolate_into_invalid(volume, ~non_finite, iterations=2)
     if order != 0 and _is_binary(volume):
-        warnings.warn(
+        warn_user(
             "Resampling binary images with continuous or linear interpolation. This might "
             "lead to unexpected results. You might consider using nearest interpolation "
             "instead.",
-            stacklevel=4,
         )
     affine_transform(
         volume,
@@ -376,10 +374,9 @@ def resample_img(
         return _copy_img(img) if copy else img
 
     if hasattr(img, "get_sform") and not img.get_sform(coded=True)[1]:
-        warnings.warn(
+        warn_user(
             "The provided image has no sform in its header. Please check the provided "
             "file. Results may not be as expected.",
-            stacklevel=2,
         )
     if not needs_resampling(img.shape, img.affine, target_affine, target_shape):
         return _copy_img(img) if copy else img

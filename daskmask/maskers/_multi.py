@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ import xarray as xr
 
 from daskmask import _params
 from daskmask._logging import logged_method
+from daskmask._warnings import warn_user
 from daskmask.maskers._fitted_run import FittedRun
 from daskmask.maskers._nifti import NiftiMasker, _supported_mask_args
 from daskmask.maskers._transform import extract_and_clean, grid_of_run
@@ -256,11 +256,10 @@ class MultiNiftiMasker(NiftiMasker):
         """
         name = self.mask_strategy
         if name == _DEPRECATED_TEMPLATE:
-            warnings.warn(
+            warn_user(
                 "Masking strategy 'template' is deprecated. "
                 "Please use 'whole-brain-template' instead.",
                 UserWarning,
-                stacklevel=5,
             )
             name = "whole-brain-template"
         strategy = get_strategy(name)

@@ -9,7 +9,6 @@ array in memory.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from sklearn.base import BaseEstimator
 
 from daskmask import _params
 from daskmask._logging import describe_images, log, logged_method, logging_as
+from daskmask._warnings import warn_user
 from daskmask.exceptions import NotFittedError
 from daskmask.image import resample_img
 from daskmask.maskers._fitted_run import FittedRun
@@ -241,12 +241,11 @@ class NiftiMasker(BaseEstimator):
             log("Computing mask", self.verbose)
             mask_img, fitted_run = self._compute_mask(data)
         elif data is not None and warn_given_mask:
-            warnings.warn(
+            warn_user(
                 f"[{type(self).__name__}.fit] Generation of a mask has been requested "
                 "(imgs != None) while a mask was given at masker creation. "
                 "Given mask will be used.",
                 RuntimeWarning,
-                stacklevel=4,
             )
 
         unresampled_mask_img = mask_img
@@ -464,10 +463,9 @@ def _supported_mask_args(
     supported = set(parameters) - set(fixed_args)
     unsupported = [name for name in mask_args if name not in supported]
     if unsupported:
-        warnings.warn(
+        warn_user(
             f"The following arguments are not supported by the masking strategy "
             f"'{strategy}': {unsupported}",
             UserWarning,
-            stacklevel=4,
         )
     return {name: value for name, value in mask_args.items() if name in supported}

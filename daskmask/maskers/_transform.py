@@ -9,7 +9,6 @@ lazy: the result is one dask graph that reads the run once.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -19,6 +18,7 @@ import xarray as xr
 
 from daskmask._logging import describe_images, log
 from daskmask._provenance import input_provenance
+from daskmask._warnings import warn_user
 from daskmask.exceptions import DimensionError
 from daskmask.extraction import (
     extract_signals,
@@ -194,10 +194,9 @@ def extract_and_clean(
     :func:`_all_confounds`.
     """
     if masker.standardize is True:
-        warnings.warn(
+        warn_user(
             "standardize=True is deprecated (as in nilearn 0.15): use 'zscore_sample'.",
             FutureWarning,
-            stacklevel=4,
         )
     description = describe_images(imgs, masker.verbose)
     if description is not None:
@@ -218,10 +217,9 @@ def extract_and_clean(
     mask, mask_affine = full_mask, full_affine
     values = run.data
     if reference_grid is not None and not _on_grid(run, reference_grid):
-        warnings.warn(
+        warn_user(
             "Affine is different across subjects. Realignment on first subject affine forced",
             UserWarning,
-            stacklevel=5,
         )
         run_affine, reference_shape = reference_grid
         values = resample_volumes(values, input_affine, run_affine, reference_shape)
@@ -229,13 +227,12 @@ def extract_and_clean(
     if signals_dtype != output_dtype(run.dtype, "f"):
         values = values.astype(signals_dtype)
     if values.shape[:3] != mask.shape or not np.allclose(run_affine, mask_affine):
-        warnings.warn(
+        warn_user(
             "imgs are being resampled to the mask_img resolution. This process is "
             "memory intensive. You might want to provide a target_affine that is equal "
             "to the affine of the imgs or resample the mask beforehand to save memory "
             "and computation time.",
             UserWarning,
-            stacklevel=4,
         )
         mask, mask_affine = crop_to_mask(mask, mask_affine)
         log("Resampling images", masker.verbose)
@@ -346,7 +343,7 @@ def signals_to_image(
         )
     if values.dtype == bool:
         target = np.dtype(np.int32) if masker.dtype is None else np.dtype(masker.dtype)
-        warnings.warn(f"Casting boolean input to {target}", UserWarning, stacklevel=4)
+        warn_user(f"Casting boolean input to {target}", UserWarning)
         values = values.astype(target)
     target = _target_dtype(masker.dtype, values.dtype)
     if target is not None:

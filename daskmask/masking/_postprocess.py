@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, label
 
+from daskmask._warnings import warn_user
 from daskmask.exceptions import MaskWarning
 
 
@@ -83,7 +82,7 @@ def post_process_mask(
         mask = binary_erosion(mask, iterations=opening)
     not_empty = bool(mask.any())
     if not not_empty:
-        warnings.warn(f"Computed an empty mask. {warning_msg}", MaskWarning, stacklevel=3)
+        warn_user(f"Computed an empty mask. {warning_msg}", MaskWarning)
     if connected and not_empty:
         mask = largest_connected_component(mask)
     if opening:

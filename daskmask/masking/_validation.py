@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from daskmask._warnings import warn_user
 from daskmask.exceptions import DimensionError
 from daskmask.image.resampling import _as_nibabel, new_img_like
 
@@ -81,15 +81,14 @@ def _load_image_data(img: Any) -> tuple[np.ndarray, np.ndarray, nib.spatialimage
     return np.asanyarray(image.dataobj), np.asarray(image.affine), image
 
 
-def _replace_non_finite(data: np.ndarray, warn: bool) -> np.ndarray:
+def _replace_non_finite(data: np.ndarray, announce: bool) -> np.ndarray:
     if data.dtype.kind in "biu":
         return data
     non_finite = ~np.isfinite(data)
     if non_finite.any():
-        if warn:
-            warnings.warn(
+        if announce:
+            warn_user(
                 "Non-finite values detected. These values will be replaced with zeros.",
-                stacklevel=3,
             )
         data = np.where(non_finite, 0, data)
     return data
@@ -138,7 +137,7 @@ def binarize_mask_img(mask_img: Any) -> nib.Nifti1Image:
             "Input data has incompatible dimensionality: Expected dimension is 4D and you "
             f"provided a {data.ndim}D image. See {_DOC_URL}."
         )
-    data = _replace_non_finite(data, warn=True)
+    data = _replace_non_finite(data, announce=True)
     mask = data.astype(bool).all(axis=3)
     return new_img_like(image, mask, affine)
 
@@ -190,7 +189,7 @@ def load_mask_img(mask_img: Any, allow_empty: bool = False) -> tuple[np.ndarray,
             "Input data has incompatible dimensionality: Expected dimension is 3D and you "
             f"provided a {data.ndim}D image. See {_DOC_URL}."
         )
-    data = _replace_non_finite(data, warn=True)
+    data = _replace_non_finite(data, announce=True)
     values = np.unique(data)
     if len(values) == 1:
         if values[0] == 0 and not allow_empty:

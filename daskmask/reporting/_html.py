@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-import warnings
 import webbrowser
 from pathlib import Path
 
+from daskmask._warnings import warn_user
 from daskmask.reporting._template import PAGE
 
 __all__ = ["HTMLReport"]
@@ -125,11 +125,10 @@ class HTMLReport:
 
 def _check_size(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        warnings.warn(
+        warn_user(
             f"Invalid report {name} {value!r}: it must be a positive integer. "
             f"Using the default instead, {_DEFAULT_SIZE}.",
             UserWarning,
-            stacklevel=3,
         )
         return _DEFAULT_SIZE
     return value

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from daskmask._version import __version__
+from daskmask._warnings import warn_user
 from daskmask.plotting._display import OrthoDisplay
 from daskmask.plotting._volumes import Grid3D, find_xyz_cut_coords, to_grid
 from daskmask.reporting._html import HTMLReport
@@ -273,7 +274,7 @@ def masker_report(masker: Any, title: str | None = None) -> HTMLReport:
         )
     messages = sorted(set(messages))
     for message in messages:
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warn_user(message, UserWarning)
     description = DESCRIPTION.format(shown=shown) if shown is not None else None
     body = _body(
         title, main, resampled, description, coverage_text, messages, _summary(masker, name)

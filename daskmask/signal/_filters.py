@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
+
+from daskmask._warnings import warn_user
 
 FILTERS = ("butterworth", "cosine")
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -32,10 +33,9 @@ def check_filter(
         raise ValueError(f"Filter method {filter} not implemented.")
     if filter is False:
         if any(isinstance(cut, (float, int)) for cut in (low_pass, high_pass)):
-            warnings.warn(
+            warn_user(
                 "No filter type selected but cutoff frequency provided."
                 "Will not perform filtering.",
-                stacklevel=4,
             )
         return False
     if filter == "cosine":
@@ -79,19 +79,17 @@ def _clip_cutoff(kind: str, freq: float, nyquist: float) -> float:
     """Keep a critical frequency inside ``[0, nyquist)``, warning when moved."""
     if freq >= nyquist:
         freq = nyquist - nyquist * 10 * _EPS32
-        warnings.warn(
+        warn_user(
             f"The frequency specified for the {kind} pass filter is too high to "
             "be handled by a digital filter (superior to Nyquist frequency). "
             f"It has been lowered to {freq} (Nyquist frequency).",
-            stacklevel=5,
         )
     elif freq < 0.0:
         freq = nyquist * _EPS32
-        warnings.warn(
+        warn_user(
             f"The frequency specified for the {kind} pass filter is too low to "
             "be handled by a digital filter (must be non-negative). "
             f"It has been set to eps: {freq}.",
-            stacklevel=5,
         )
     return freq
 
@@ -128,11 +126,10 @@ def design_butterworth(
         btype = "low"
     if len(critical) == 2:
         if critical[0] == critical[1]:
-            warnings.warn(
+            warn_user(
                 "Signals are returned unfiltered because band-pass critical "
                 "frequencies are equal. Please check that inputs for "
                 "sampling_rate, low_pass, and high_pass are valid.",
-                stacklevel=4,
             )
             return None
         btype, wn = "band", critical
@@ -168,11 +165,10 @@ def cosine_drift(high_pass: float, frame_times: np.ndarray) -> np.ndarray:
     n_frames = len(frame_times)
     dt = (frame_times[-1] - frame_times[0]) / (n_frames - 1)
     if high_pass * dt >= 0.5:
-        warnings.warn(
+        warn_user(
             "High-pass filter will span all accessible frequencies and saturate "
             "the design matrix. You may want to reduce the high_pass value."
             f"The provided value is {high_pass} Hz",
-            stacklevel=5,
         )
     order = min(n_frames - 1, int(np.floor(2 * n_frames * high_pass * dt)))
     normaliser = np.sqrt(2.0 / n_frames)
@@ -194,10 +190,9 @@ def add_cosine_drift(
     drifts = cosine_drift(high_pass, np.arange(n_samples) * t_r)
     n_drifts = drifts.shape[1]
     if n_drifts == 0:
-        warnings.warn(
+        warn_user(
             "Cosine filter was not created. The time series might be too short "
             "or the high pass filter is not suitable for the data.",
-            stacklevel=4,
         )
         return confounds
     if confounds is None:
@@ -205,9 +200,8 @@ def add_cosine_drift(
     corr = np.corrcoef(drifts.T, confounds.T)
     np.fill_diagonal(corr, 0)
     if np.any(corr[:n_drifts] > 0.9):
-        warnings.warn(
+        warn_user(
             "Cosine filter(s) exist in user supplied confounds.Use user supplied regressors only.",
-            stacklevel=4,
         )
         return confounds
     return np.hstack((confounds, drifts))

@@ -10,13 +10,13 @@ further decision, so the same plan serves every voxel block.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import linalg
 
+from daskmask._warnings import warn_user
 from daskmask.signal._checks import check_clean_params, check_in
 from daskmask.signal._confounds import as_float, check_finite_confounds, load_confounds
 from daskmask.signal._detrend import detrend as detrend_columns
@@ -149,7 +149,7 @@ def _confound_basis(confounds: np.ndarray, standardize_confounds: bool) -> np.nd
     """Orthonormal basis of the column space (QR with column pivoting)."""
     if standardize_confounds:
         if confounds.shape[0] == 1:
-            warnings.warn(STANDARDIZE_ONE_SAMPLE, stacklevel=5)
+            warn_user(STANDARDIZE_ONE_SAMPLE)
         else:
             confounds = zscore(confounds)
     else:
@@ -192,7 +192,7 @@ def _plan_run(
     n_work = n_run if span is None else len(span)
     if detrend:
         if n_work == 1:
-            warnings.warn(DETREND_ONE_SAMPLE, stacklevel=4)
+            warn_user(DETREND_ONE_SAMPLE)
         elif conf is not None:
             conf = detrend_columns(conf)
     padtype = butterworth.get("padtype", "odd")
@@ -265,14 +265,13 @@ extrapolate, kwargs
     """
     check_clean_params(detrend, standardize, standardize_confounds, low_pass, high_pass, t_r)
     if confounds is not None and not detrend and not standardize_confounds:
-        warnings.warn(
+        warn_user(
             "When confounds are provided, one must perform detrend and/or "
             "standardize confounds. "
             f"You provided detrend={detrend}, "
             f"standardize_confounds={standardize_confounds}. "
             "If confounds were not standardized or demeaned before passing to "
             "signal.clean signal will not be correctly cleaned. ",
-            stacklevel=3,
         )
     filter_type = check_filter(filter, low_pass, high_pass, t_r)
     run_rows = _split_runs(runs, n_samples)
@@ -292,7 +291,7 @@ extrapolate, kwargs
     if filter_type == "butterworth":
         sos = design_butterworth(1.0 / t_r, low_pass, high_pass, butterworth.get("order", 5))
     elif filter_type == "cosine" and low_pass is not None:
-        warnings.warn("low_pass is not implemented for filter='cosine'", stacklevel=3)
+        warn_user("low_pass is not implemented for filter='cosine'")
     plans = tuple(
         _plan_run(
             rows,
@@ -310,7 +309,7 @@ extrapolate, kwargs
         for i, rows in enumerate(run_rows)
     )
     if standardize is not None and any(plan.n_out == 1 for plan in plans):
-        warnings.warn(STANDARDIZE_ONE_SAMPLE, stacklevel=3)
+        warn_user(STANDARDIZE_ONE_SAMPLE)
     return CleanPlan(
         n_samples=n_samples,
         dtype=as_float(np.empty(0, dtype=dtype)).dtype,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
+
+from daskmask._warnings import warn_user
 
 _EPS64 = float(np.finfo(np.float64).eps)
 PSC_ZERO_MEAN = (
@@ -21,7 +22,7 @@ BOOL_STANDARDIZE = (
 def normalize_standardize(standardize: Any) -> str | None:
     """Map ``True`` / ``False`` to ``"zscore_sample"`` / None with a FutureWarning."""
     if isinstance(standardize, bool):
-        warnings.warn(BOOL_STANDARDIZE, FutureWarning, stacklevel=4)
+        warn_user(BOOL_STANDARDIZE, FutureWarning)
         return "zscore_sample" if standardize else None
     return standardize
 
@@ -55,7 +56,7 @@ def psc(x: np.ndarray, warn: bool = True) -> np.ndarray:
     out *= 100
     if np.any(invalid):
         if warn:
-            warnings.warn(PSC_ZERO_MEAN, stacklevel=3)
+            warn_user(PSC_ZERO_MEAN)
         out[:, invalid] = 0
     return out
 

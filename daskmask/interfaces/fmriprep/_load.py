@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from daskmask._fs import Location
+from daskmask._warnings import warn_user
 from daskmask.exceptions import ConfoundsError, ConfoundsNotFoundError, MissingConfoundsError
 from daskmask.interfaces.fmriprep import _components
 from daskmask.interfaces.fmriprep._files import (
@@ -21,7 +22,7 @@ from daskmask.interfaces.fmriprep._files import (
     read_sidecar,
     read_tedana_tables,
 )
-from daskmask.interfaces.fmriprep._scrub import sample_mask_from, user_stacklevel
+from daskmask.interfaces.fmriprep._scrub import sample_mask_from
 
 ConfoundStrategy = Literal[
     "motion",
@@ -66,20 +67,18 @@ def _check_strategy(strategy: Any) -> tuple[str, ...]:
             f"'high_pass', 'wm_csf'), not a {type(strategy).__name__}."
         )
     if not strategy:
-        warnings.warn(
+        warn_user(
             "strategy is empty: no confounds are selected and confounds is None "
             "(non-steady-state volumes still shape the sample mask).",
             UserWarning,
-            stacklevel=user_stacklevel(),
         )
     for component in strategy:
         _check_choice(component, STRATEGY_COMPONENTS, "each strategy component")
     if "non_steady_state" in strategy:
-        warnings.warn(
+        warn_user(
             "Non-steady-state volumes are always taken out through the sample mask; "
             "'non_steady_state' in strategy changes nothing.",
             UserWarning,
-            stacklevel=user_stacklevel(),
         )
     if "compcor" in strategy and "high_pass" not in strategy:
         raise ValueError(
@@ -383,12 +382,11 @@ def load_confounds(
     if "tedana" in strategy:
         _check_choice(tedana, TEDANA_TYPES, "tedana")
         if len(strategy) > 1:
-            warnings.warn(
+            warn_user(
                 "The tedana strategy reads tedana's *_desc-ICA_mixing.tsv and "
                 "*_desc-tedana_metrics.tsv only; the other components "
                 f"{[item for item in strategy if item != 'tedana']} are not applied.",
                 UserWarning,
-                stacklevel=user_stacklevel(),
             )
     options = {
         "motion": motion,

@@ -8,27 +8,9 @@ between outliers, before the first or after the last.
 
 from __future__ import annotations
 
-import sys
-import warnings
-
 import numpy as np
 
-_PACKAGE = __name__.rsplit(".", 1)[0]
-
-
-def user_stacklevel() -> int:
-    """Return the ``stacklevel`` that points a warning at the caller of this package.
-
-    Call it from the function that warns: the levels inside
-    ``daskmask.interfaces.fmriprep`` (their number depends on the entry point)
-    are skipped.
-    """
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
-        frame = frame.f_back
-        level += 1
-    return level
+from daskmask._warnings import warn_user
 
 
 def motion_outliers(
@@ -93,11 +75,10 @@ def sample_mask_from(excluded: np.ndarray | None) -> np.ndarray | None:
         return None
     sample_mask = np.flatnonzero(~np.asarray(excluded, dtype=bool))
     if sample_mask.size == 0:
-        warnings.warn(
+        warn_user(
             "All volumes were flagged (non-steady-state or motion outliers): the sample mask "
             "is empty and no volume is left to analyse. Raise fd_threshold / "
             "std_dvars_threshold, lower scrub, or leave this run out.",
             RuntimeWarning,
-            stacklevel=user_stacklevel(),
         )
     return sample_mask

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from types import MappingProxyType
 from typing import Any, Literal
 
+from daskmask._warnings import warn_user
 from daskmask.interfaces.fmriprep._load import load_confounds
-from daskmask.interfaces.fmriprep._scrub import user_stacklevel
 
 #: Each preset: the components it uses, the options it sets, and which of them
 #: a user may change (``global_signal`` adds the global signal when given).
@@ -98,11 +97,10 @@ def preset_parameters(denoise_strategy: str, **kwargs: Any) -> dict[str, Any]:
         elif value is not None:
             parameters[name] = value
     if kwargs:
-        warnings.warn(
+        warn_user(
             f"The preset '{denoise_strategy}' does not use {sorted(kwargs)}; they are ignored. "
             f"It accepts {adjustable}.",
             UserWarning,
-            stacklevel=user_stacklevel(),
         )
     return parameters
 
