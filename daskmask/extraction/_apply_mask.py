@@ -197,14 +197,21 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
     shape = (n_time, n_voxels)
     graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, dtype)}
     starts = np.cumsum((0, *masked.chunks[0][:-1]))
-    for position, key in enumerate(masked.__dask_keys__()):
-        graph[(write, position)] = (_store.write_rows, key[0], prepare, int(starts[position]))
-    graph[gate] = (_store.barrier, prepare, [(write, p) for p in range(len(starts))])
     voxel_chunks = plan.voxel_chunks
-    edges = np.cumsum((0, *voxel_chunks))
+    edges = tuple(int(edge) for edge in np.cumsum((0, *voxel_chunks)))
+    for position, key in enumerate(masked.__dask_keys__()):
+        graph[(write, position)] = (
+            _store.write_blocks,
+            key[0],
+            prepare,
+            int(starts[position]),
+            n_time,
+            edges,
+        )
+    graph[gate] = (_store.barrier, prepare, [(write, p) for p in range(len(starts))])
     for block in range(len(voxel_chunks)):
         graph[(name, 0, block)] = (
-            _store.read_columns,
+            _store.read_block,
             gate,
             int(edges[block]),
             int(edges[block + 1]),

@@ -4,8 +4,9 @@ One raw ``(time, voxel)`` file, ``signals.raw``, per graph. Its tasks:
 
 * ``prepare`` creates the file at its full size if it is missing or shorter
   (a sparse extension), and never truncates or shrinks it;
-* each stage-1 task writes its rows with ``pwrite``;
-* after a barrier on every write, each stage-2 task reads its block of columns.
+* each stage-1 task writes its rows with ``pwrite``, one call per voxel block;
+* after a barrier on every write, each stage-2 task reads its block of columns
+  with one ``pread``.
 
 The file is shared by every computation of the graph (``np.asarray`` in two
 threads, ``.compute()`` then ``.mean()``, ``save``) and outlives them all:
@@ -56,8 +57,8 @@ __all__ = [
     "TemporaryStore",
     "barrier",
     "prepare_store",
-    "read_columns",
-    "write_rows",
+    "read_block",
+    "write_blocks",
 ]
 
 #: Name of the Zarr array inside a temporary directory (unmasking).
@@ -88,12 +89,16 @@ def _missing(root: str) -> FileNotFoundError:
 def prepare_store(root: Any, shape: tuple[int, int], dtype: str) -> str:
     """Make sure the raw row-major array of a temporary store exists; return its path.
 
-    The intermediate is a plain C-ordered ``(n_timepoints, n_voxels)`` file,
-    not a chunked store: stage 1 writes each slab of rows as one contiguous
-    ``pwrite``, stage 2 reads a block of columns as ``n_timepoints`` strided
-    runs of ``voxel_block`` values. No codec, no chunk index: the scratch copy
-    costs two passes through the page cache (measured on a 1200 x 135k float32
-    run: 0.5 s, against 2.6 s with an lz4-compressed Zarr array).
+    The intermediate is a plain raw file, not a chunked store, laid out block
+    after block: the C-ordered ``(n_timepoints, width)`` array of each voxel
+    block of the result, one after the other. Stage 1 writes the rows of its
+    slab into each block's region (one contiguous ``pwrite`` per block), and
+    stage 2 reads a whole block with one ``pread``. In a row-major
+    ``(n_timepoints, n_voxels)`` file stage 2 needed one ``pread`` per time
+    point and block (4,800 calls for a 400-volume run in 12 blocks, 4 % of
+    the run's CPU time). No codec, no chunk index: the scratch copy costs two
+    passes through the page cache (measured on a 1200 x 135k float32 run:
+    0.5 s, against 2.6 s with an lz4-compressed Zarr array).
 
     Idempotent: a file that exists keeps its bytes (another computation of
     the same graph may be reading it), a short one is only extended.
@@ -135,25 +140,50 @@ def prepare_store(root: Any, shape: tuple[int, int], dtype: str) -> str:
     return path
 
 
-def write_rows(block: np.ndarray, path: str, start: int) -> int:
-    """Write ``block`` into rows ``start:start + len(block)`` of the raw array at ``path``.
+def write_blocks(
+    block: np.ndarray, path: str, start: int, n_timepoints: int, edges: tuple[int, ...]
+) -> int:
+    """Write rows ``start:start + len(block)`` of every voxel block into the file at ``path``.
 
-    Every computation writes the same bytes at the same place, so a write
-    never changes what a concurrent reader sees.
+    Parameters
+    ----------
+    block : numpy.ndarray
+        ``(rows, n_voxels)`` masked slab.
+    path : str
+        The intermediate (:func:`prepare_store`).
+    start : int
+        Its first time point.
+    n_timepoints : int
+        Time points of the whole run.
+    edges : tuple of int
+        Voxel edges of the blocks: block ``b`` holds columns
+        ``edges[b]:edges[b + 1]`` (from 0 to ``n_voxels``).
 
     Returns
     -------
     int
         Rows written.
 
+    Notes
+    -----
+    Every computation writes the same bytes at the same place, so a write
+    never changes what a concurrent reader sees.
+
     """
-    block = np.ascontiguousarray(block)
+    block = np.asarray(block)
+    itemsize = block.itemsize
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _missing(os.path.dirname(path)) from None
     try:
-        write_exactly(fd, memoryview(block).cast("B"), start * block.shape[1] * block.itemsize)
+        for first, stop in zip(edges[:-1], edges[1:], strict=True):
+            rows = np.ascontiguousarray(block[:, first:stop])
+            if not rows.size:
+                continue
+            # block b's region starts after the n_timepoints rows of the blocks before it
+            offset = (n_timepoints * first + start * (stop - first)) * itemsize
+            write_exactly(fd, memoryview(rows).cast("B"), offset)
     finally:
         os.close(fd)
     return int(block.shape[0])
@@ -164,8 +194,8 @@ def barrier(path: str, written: list[int]) -> str:
     return path
 
 
-def read_columns(path: str, start: int, stop: int, shape: tuple[int, int], dtype: str) -> Any:
-    """Read columns ``start:stop`` (all rows) of the raw array at ``path``.
+def read_block(path: str, start: int, stop: int, shape: tuple[int, int], dtype: str) -> Any:
+    """Read the voxel block of columns ``start:stop`` (all rows) written by :func:`write_blocks`.
 
     Returns
     -------
@@ -178,18 +208,17 @@ def read_columns(path: str, start: int, stop: int, shape: tuple[int, int], dtype
         If the intermediate was removed (its graph was garbage collected).
 
     """
-    n_rows, n_columns = (int(n) for n in shape)
+    n_rows = int(shape[0])
     block = np.empty((n_rows, stop - start), dtype=np.dtype(dtype))
-    row_bytes = n_columns * block.itemsize
-    # One pread per row of the block (see daskmask._rawio on memory maps).
+    if not block.size:
+        return block
+    # One pread for the whole block (see daskmask._rawio on memory maps).
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _missing(os.path.dirname(path)) from None
     try:
-        for row in range(n_rows):
-            offset = row * row_bytes + start * block.itemsize
-            read_exactly(fd, memoryview(block[row]).cast("B"), offset)
+        read_exactly(fd, memoryview(block).cast("B"), n_rows * start * block.itemsize)
     finally:
         os.close(fd)
     return block
