@@ -141,16 +141,17 @@ def run_job(n_runs: int, job: str, root: Path, out: Path) -> Measurement:
     """Run one job in a fresh Python process and measure it."""
     code = f"ROOT = {str(root)!r}\nOUT = {str(out)!r}\n" + JOBS[job]
     before = _children_cpu()
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=HERE,
-    )
-    peak, output = peak_of_tree(process)
-    seconds = time.perf_counter() - start
+    # The job's output goes to a file, not a pipe: a pipe is read only at the end, and
+    # a job that writes more than its 64 KiB (distributed's logs) would block on it.
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=HERE
+        )
+        peak, _ = peak_of_tree(process)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        output = log.read().strip()
     cpu = _children_cpu() - before
     ok = process.returncode == 0
     detail = output.splitlines()[-1] if output else ""
