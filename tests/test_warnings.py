@@ -73,3 +73,11 @@ def test_multi_masker_resampling_warns_at_transform(run, tmp_path):
     masker = dm.MultiNiftiMasker(mask_strategy="epi").fit([run, run])
     record = _recorded(lambda: masker.transform([run, str(other)]))
     _points_here(record, UserWarning, "Realignment on first subject affine forced")
+
+
+def test_integer_dtype_after_smoothing_warns_at_apply_mask(run):
+    from daskmask.extraction import apply_mask
+
+    mask = dm.NiftiMasker().fit(run).mask_img_
+    record = _recorded(lambda: apply_mask(run, mask, dtype="int32", smoothing_fwhm=6))
+    _points_here(record, UserWarning, "cast to the requested integer dtype")

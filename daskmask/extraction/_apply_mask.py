@@ -11,7 +11,6 @@ scratch folder, or distributed's P2P rechunk when they do not.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from numpy.typing import DTypeLike
 
 from daskmask._memory import total_threads
 from daskmask._scratch import TemporaryStore, current_client, scratch_is_shared
+from daskmask._warnings import warn_user
 from daskmask.extraction import _store
 from daskmask.extraction._plan import (
     STRATEGY_KEY,
@@ -347,10 +347,7 @@ def extract_signals(
         data = data.astype(out_dtype) if out_dtype.kind in "fc" else data
         data = smooth_volumes(data, np.asarray(affine)[:3, :3], smoothing_fwhm, ensure_finite)
         if smoothed_dtype(data.dtype) != out_dtype and out_dtype.kind not in "fc":
-            warnings.warn(
-                f"Smoothed signals are cast to the requested integer dtype {out_dtype}.",
-                stacklevel=2,
-            )
+            warn_user(f"Smoothed signals are cast to the requested integer dtype {out_dtype}.")
     masked = mask_slabs(data, mask, out_dtype, ensure_finite)
     if single_volume:
         return masked[0].rechunk(-1) if voxel_block is None else masked[0].rechunk(voxel_block)
