@@ -53,11 +53,14 @@ from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboar
 SMALL_RUN_BYTES = 1 << 30
 
 #: Task budget of a batch on threads (see :mod:`daskmask._memory`), unless
-#: ``daskmask.block-bytes`` is set: with two runs in flight, each task (a time
-#: slab, a voxel block and its cleaning copies) stays small enough that the
-#: whole process keeps to a few hundred MiB; smaller tasks only add scheduling
-#: overhead (0.1 ms each on threads). Measured in ``benchmarks/README.md``.
-BATCH_BLOCK_BYTES = "4MiB"
+#: ``daskmask.block-bytes`` is set. With the two runs in flight sharing one pool of
+#: cores threads, each task (a time slab, a voxel block and its cleaning copies)
+#: holds a few times this, so the process stays at a few hundred MiB whatever the
+#: runs: 8 runs of 64x64x40x400 peaked at 555 MiB with 16 MiB tasks, 418 with 8 MiB,
+#: 351-370 with 4 MiB (same CPU time). 4 MiB cut HCP-sized runs (91x109x91x1200) into
+#: slabs of one or two volumes, which cost 15-25 % more wall time than 8 or 16 MiB.
+#: Measured in ``benchmarks/README.md`` ("Many runs").
+BATCH_BLOCK_BYTES = "8MiB"
 
 #: glibc malloc arenas of a batch on threads (``mallopt(M_ARENA_MAX)``; default 8 per core).
 BATCH_MALLOC_ARENAS = 2
@@ -146,7 +149,7 @@ def threads_execution() -> Iterator[int]:
     :data:`BATCH_MALLOC_ARENAS` malloc arenas: each of the threads
     (compute, runs in flight, their decode helpers) otherwise gets an arena of
     its own, which keeps the memory its tasks freed for itself (measured: peak
-    410 -> 355 MiB with 8 runs, CPU time unchanged).
+    about 60 MiB less with 8 runs, CPU time unchanged).
     """
     from dask.threaded import ContextAwareThreadPoolExecutor
     from threadpoolctl import threadpool_limits
