@@ -49,7 +49,14 @@ def _bold(root: Path, subject: str) -> Path:
 
 
 def _stores(output: Path) -> list[Path]:
-    return sorted(output.rglob("*_desc-daskmask_timeseries.zarr"))
+    # os.walk ignores folders that vanish while it lists them (a running batch removes its
+    # .partial work folders), where Path.rglob raises FileNotFoundError.
+    return sorted(
+        Path(folder) / name
+        for folder, names, _ in os.walk(output)
+        for name in names
+        if name.endswith("_desc-daskmask_timeseries.zarr")
+    )
 
 
 # ------------------------------------------------------------------ pure parts

@@ -23,7 +23,11 @@ def run(tmp_path_factory):
 
 
 def _points_here(record, category: type[Warning], match: str) -> None:
-    found = [w for w in record if issubclass(w.category, category) and match.lower() in str(w.message).lower()]
+    found = [
+        w
+        for w in record
+        if issubclass(w.category, category) and match.lower() in str(w.message).lower()
+    ]
     assert found, [str(w.message) for w in record]
     assert all(Path(w.filename).name == HERE for w in found), [w.filename for w in found]
 
