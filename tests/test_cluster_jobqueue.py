@@ -314,11 +314,20 @@ def test_bids_command_asks_one_job_per_run_in_flight_by_default(
     _assert_same_stores(local_output, output)
 
 
+@pytest.fixture(scope="module")
+def longer_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough work that the batch is still running when both of its jobs are."""
+    root = tmp_path_factory.mktemp("jobqueue_bids_longer") / "fmriprep"
+    subjects = [f"{index:02d}" for index in range(1, 7)]
+    make_fmriprep_derivatives(root, subjects=subjects, shape=(32, 36, 32), n_volumes=120)
+    return root
+
+
 def test_sigterm_to_the_bids_command_cancels_its_jobs(
-    slurm: Slurm, dask_config_dir: Path, dataset: Path, tmp_path: Path
+    slurm: Slurm, dask_config_dir: Path, longer_dataset: Path, tmp_path: Path
 ) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "daskmask", "bids", dataset, tmp_path / "out"]
+        [sys.executable, "-m", "daskmask", "bids", longer_dataset, tmp_path / "out"]
         + ["--scheduler", "slurm", "--jobs", "2"],
         env=_environment(dask_config_dir, slurm),
         stdout=subprocess.PIPE,
