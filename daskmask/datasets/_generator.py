@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from daskmask.datasets._phantom import build_anatomy, build_modulation_maps
+from daskmask.datasets._phantom import Anatomy, build_anatomy, build_modulation_maps
 from daskmask.datasets._timeseries import TemporalModel, build_temporal_model
 from daskmask.reading._writer import nifti_suffix, write_nifti_volumes
 
@@ -198,13 +198,15 @@ class _EpiModel:
         voxel_size: tuple[float, float, float],
         t_r: float,
         seed: int,
+        anatomy: Anatomy | None = None,
     ) -> None:
         self.shape = shape
         self.n_timepoints = n_timepoints
         self.kind = kind
         self.dtype = dtype
         self.seed = seed
-        anatomy = build_anatomy(shape, voxel_size, _stream(seed, _ANATOMY_STREAM))
+        if anatomy is None:  # the walkthrough runs bring the MNI template's anatomy
+            anatomy = build_anatomy(shape, voxel_size, _stream(seed, _ANATOMY_STREAM))
         self.temporal: TemporalModel = build_temporal_model(
             n_timepoints, t_r, _N_NETWORKS, _stream(seed, _TEMPORAL_STREAM)
         )
@@ -405,12 +407,15 @@ def epi_tissue_maps(
     grid_shape = _check_shape(shape)
     sizes, _ = _resolve_grid(grid_shape, voxel_size, affine)
     anatomy = build_anatomy(grid_shape, sizes, _stream(_check_seed(seed), _ANATOMY_STREAM))
-    maps = {
-        tissue: fraction.reshape(grid_shape, order="F")
-        for tissue, fraction in anatomy.fractions.items()
-    }
-    maps["brain"] = anatomy.brain.reshape(grid_shape, order="F")
-    maps["head"] = anatomy.head.reshape(grid_shape, order="F")
+    return anatomy_maps(anatomy, grid_shape)
+
+
+def anatomy_maps(anatomy: Anatomy, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Return an anatomy's tissue fractions and its brain and head supports as 3D arrays."""
+    fractions = anatomy.fractions.items()
+    maps = {name: fraction.reshape(shape, order="F") for name, fraction in fractions}
+    maps["brain"] = anatomy.brain.reshape(shape, order="F")
+    maps["head"] = anatomy.head.reshape(shape, order="F")
     return maps
 
 

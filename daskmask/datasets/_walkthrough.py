@@ -33,21 +33,16 @@ from scipy import ndimage
 
 from daskmask.datasets._generator import (
     _ANATOMY_STREAM,
-    _N_NETWORKS,
-    _NETWORK_STREAM,
-    _NYQUIST_GHOST_FRACTION,
-    _TEMPORAL_STREAM,
     _EpiModel,
     _stream,
+    anatomy_maps,
 )
 from daskmask.datasets._phantom import (
     _BRAIN_SURFACE,
     Anatomy,
     _HeadParameters,
     _static_fields,
-    build_modulation_maps,
 )
-from daskmask.datasets._timeseries import build_temporal_model
 from daskmask.exceptions import StorageAccessError, StorageError
 from daskmask.masking._templates import load_template
 from daskmask.reading._writer import write_nifti_volumes
@@ -239,45 +234,20 @@ def walkthrough_tissue_maps() -> dict[str, np.ndarray]:
         (the exact non-zero support of the masked run) and ``"head"``.
 
     """
-    anatomy = build_walkthrough_anatomy()
-    maps = {
-        tissue: fraction.reshape(GRID_SHAPE, order="F")
-        for tissue, fraction in anatomy.fractions.items()
-    }
-    maps["brain"] = anatomy.brain.reshape(GRID_SHAPE, order="F")
-    maps["head"] = anatomy.head.reshape(GRID_SHAPE, order="F")
-    return maps
-
-
-class _AnatomyModel(_EpiModel):
-    """The generator's per-volume recipe (drift, BOLD, physiology, noise) on a given anatomy."""
-
-    def __init__(self, anatomy: Anatomy, kind: str) -> None:
-        self.shape = anatomy.shape
-        self.n_timepoints = N_VOLUMES
-        self.kind = kind
-        self.dtype = np.dtype(np.int16)
-        self.seed = SEED
-        self.temporal = build_temporal_model(
-            N_VOLUMES, T_R, _N_NETWORKS, _stream(SEED, _TEMPORAL_STREAM)
-        )
-        baseline = anatomy.intensity()
-        modulation = build_modulation_maps(anatomy, _N_NETWORKS, _stream(SEED, _NETWORK_STREAM))
-        modulation *= baseline
-        if kind == "raw":
-            ghost = np.roll(baseline.reshape(self.shape, order="F"), self.shape[1] // 2, axis=1)
-            self._static = baseline + np.float32(_NYQUIST_GHOST_FRACTION) * ghost.ravel(order="F")
-            self._modulation = modulation
-            self._brain_index = None
-        else:
-            self._brain_index = np.flatnonzero(anatomy.brain)
-            self._static = baseline[self._brain_index]
-            self._modulation = np.ascontiguousarray(modulation[:, self._brain_index])
-        self._n_voxels = int(np.prod(self.shape))
+    return anatomy_maps(build_walkthrough_anatomy(), GRID_SHAPE)
 
 
 def _write_run(path: Path, anatomy: Anatomy, kind: str) -> None:
-    model = _AnatomyModel(anatomy, kind)
+    model = _EpiModel(
+        anatomy.shape,
+        N_VOLUMES,
+        kind,
+        np.dtype(np.int16),
+        (VOXEL_SIZE_MM,) * 3,
+        T_R,
+        SEED,
+        anatomy=anatomy,
+    )
     write_nifti_volumes(
         path,
         (model.volume(t) for t in range(N_VOLUMES)),
