@@ -1,7 +1,8 @@
 """Benchmark the time-to-voxel reorganisation on a cluster whose workers share no disk.
 
 Two candidates, on the HCP-like run (91x109x91x1200 int16 ``.nii``) read from
-and written back to a real S3 server (moto, a separate process), with
+and written back to a real S3 server (``--s3-server``: s3rver by default, or moto; a
+separate process), with
 ``NiftiMasker(mask_strategy="epi", detrend=True, standardize="zscore_sample")``
 ``.fit_transform`` + ``dm.save``, on a scheduler and two ``dask worker``
 processes (one thread each), each under ``unshare --mount`` with its own tmpfs
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import bench_cluster  # noqa: E402
 from _isolated_cluster import can_unshare, start_isolated_cluster  # noqa: E402
+from _s3rver import SERVERS, remove_s3rver_data  # noqa: E402
 
 #: Replaces the raw-file intermediate by a Zarr array on the object store (job "zarr-s3").
 ZARR_INTERMEDIATE = """
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timepoints", type=int, default=1200)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--s3-server", choices=SERVERS, default="s3rver")
     parser.add_argument("--memory-limit", default="6GiB", help="per worker")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/daskmask-bench"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results-reorganise.json"))
@@ -90,20 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    path, server, endpoint = bench_cluster.hcp_run_and_s3_server(args.workdir, args.timepoints)
-    options = {"key": "testing", "secret": "testing", "endpoint_url": endpoint}
+    path = bench_cluster.hcp_run(args.workdir, args.timepoints)
+    server, url = bench_cluster.serve_run(args.s3_server, args.workdir, path)
+    options = server.storage_options
     scratch = Path(tempfile.mkdtemp(prefix="bench-reorganise-", dir=args.workdir))
     measurements = []
     base_job = bench_cluster.JOB
     try:
-        import s3fs
         from distributed import Client
 
-        # moto assembles the 2.2 GB upload slowly: a retried CompleteMultipartUpload fails.
-        fs = s3fs.S3FileSystem(**options, config_kwargs={"read_timeout": 900})
-        fs.mkdir("bench")
-        fs.put_file(str(path), f"bench/{path.name}")
-        url = f"s3://bench/{path.name}"
         for _ in range(args.repeat):
             for job, setup in JOBS.items():
                 cluster = start_isolated_cluster(scratch, memory_limit=args.memory_limit)
@@ -133,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
+        remove_s3rver_data(server, args.workdir)
         shutil.rmtree(scratch, ignore_errors=True)
     args.output.write_text(json.dumps([asdict(m) for m in measurements], indent=2) + "\n")
     return 0 if all(m.ok for m in measurements) else 1

@@ -1,8 +1,9 @@
 """Benchmark reading runs from object storage against reading them from local files.
 
 Generates runs with daskmask's generator (``.nii`` and ``.nii.gz`` int16, at
-64x64x40x600 and at the HCP-like 91x109x91x1200), uploads them to a real S3
-server (moto's server mode, a separate process on 127.0.0.1, outside the
+64x64x40x600 and at the HCP-like 91x109x91x1200), uploads them to real S3
+servers (``--s3-server``: moto's server mode and s3rver, see
+``benchmarks/_s3rver.py``; each a separate process on 127.0.0.1, outside the
 measured process tree), and measures in a fresh subprocess per job, with dask's
 threads::
 
@@ -15,9 +16,18 @@ the raw GET throughput of the same server on the ``.nii`` object (one streamed
 GET, and 64 MiB ranged GETs one and two at a time), because the server bounds
 what any reader can do. Ratios s3 / local close the table.
 
+Results (``--output``, default ``benchmarks/results-s3-read.json``)::
+
+    {"schema": "daskmask-bench-s3-read/2", "load": {"before": [...], "after": [...]},
+     "jobs": [{"size": "hcp", "suffix": ".nii", "where": "local" | "s3",
+               "server": null | "moto" | "s3rver", "seconds": wall, "peak_mib": peak,
+               "ok": bool, "detail": str}, ...],
+     "raw_get_mb_per_s": {"<server>": {"<size>": {"one streamed GET": MB/s, ...}}}}
+
 Usage::
 
     .venv/bin/python benchmarks/bench_s3_read.py [--sizes small hcp] [--repeat 1]
+        [--s3-server moto s3rver]
 """
 
 from __future__ import annotations
@@ -35,9 +45,9 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _s3 import start_moto_process  # noqa: E402
+from _s3rver import SERVERS, remove_s3rver_data, start_s3_server  # noqa: E402
 
 PARAMS = 'mask_strategy="epi", detrend=True, standardize="zscore_sample"'
 
@@ -60,6 +70,7 @@ class Measurement:
     size: str
     suffix: str
     where: str
+    server: str | None
     seconds: float
     peak_mib: float
     ok: bool
@@ -96,11 +107,6 @@ def run_job(source: str) -> tuple[float, float, bool, str]:
     return seconds, peak / 2**20, process.returncode == 0, output.splitlines()[-1][:300]
 
 
-def start_s3_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3 server as a separate process (outside the measured tree)."""
-    return start_moto_process(folder)
-
-
 def raw_get_throughput(fs, path: str) -> dict[str, float]:
     """MB/s of the server for one object: one streamed GET, 64 MiB ranges x1 and x2."""
     from fsspec.asyn import sync
@@ -131,15 +137,35 @@ def raw_get_throughput(fs, path: str) -> dict[str, float]:
     return {name: round(value, 1) for name, value in speeds.items()}
 
 
+SCHEMA = "daskmask-bench-s3-read/2"
+
+
+def _measure(size: str, suffix: str, where: str, server: str | None, source: str, repeat: int):
+    runs = [run_job(source) for _ in range(repeat)]
+    seconds = statistics.median(run[0] for run in runs)
+    peak = statistics.median(run[1] for run in runs)
+    ok = all(run[2] for run in runs)
+    measurement = Measurement(
+        size, suffix, where, server, round(seconds, 2), round(peak, 1), ok, runs[-1][3]
+    )
+    print(measurement, flush=True)
+    return measurement
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "hcp"])
     parser.add_argument("--repeat", type=int, default=1, help="runs per job (median kept)")
+    parser.add_argument(
+        "--s3-server", nargs="+", choices=SERVERS, default=list(SERVERS),
+        help="S3 servers to read from (default: both)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/daskmask-bench"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results-s3-read.json"))
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    load_before = list(os.getloadavg())
 
     import s3fs
 
@@ -156,57 +182,56 @@ def main(argv: list[str] | None = None) -> int:
                 generate_epi(path, shape=shape, n_timepoints=timepoints, seed=0)
             inputs[size, suffix] = path
 
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    server, endpoint = start_s3_server(args.workdir)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
     results: list[Measurement] = []
-    throughput: dict[str, dict[str, float]] = {}
-    try:
-        fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-        fs.mkdir("bench-s3-read")
-        for (size, suffix), path in inputs.items():
-            remote = f"bench-s3-read/{path.name}"
-            fs.put(str(path), remote)
-            if suffix == ".nii":
-                throughput[size] = raw_get_throughput(fs, remote)
-                print(f"{size} raw GET MB/s: {throughput[size]}", flush=True)
-            for where, source in (("local", str(path)), ("s3", f"s3://{remote}")):
-                runs = [run_job(source) for _ in range(args.repeat)]
-                seconds = statistics.median(run[0] for run in runs)
-                peak = statistics.median(run[1] for run in runs)
-                ok = all(run[2] for run in runs)
-                measurement = Measurement(
-                    size, suffix, where, round(seconds, 2), round(peak, 1), ok, runs[-1][3]
-                )
-                results.append(measurement)
-                print(measurement, flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    throughput: dict[str, dict[str, dict[str, float]]] = {}
+    for (size, suffix), path in inputs.items():
+        results.append(_measure(size, suffix, "local", None, str(path), args.repeat))
+    for kind in args.s3_server:
+        server = start_s3_server(kind, args.workdir)
+        os.environ.update(server.environment)
+        throughput[kind] = {}
+        try:
+            fs = s3fs.S3FileSystem(
+                skip_instance_cache=True,
+                **server.storage_options,
+                config_kwargs={"read_timeout": 900},
+            )
+            fs.mkdir("bench-s3-read")
+            for (size, suffix), path in inputs.items():
+                remote = f"bench-s3-read/{path.name}"
+                fs.put(str(path), remote)
+                if suffix == ".nii":
+                    throughput[kind][size] = raw_get_throughput(fs, remote)
+                    print(f"{kind} {size} raw GET MB/s: {throughput[kind][size]}", flush=True)
+                source = f"s3://{remote}"
+                results.append(_measure(size, suffix, "s3", kind, source, args.repeat))
+        finally:
+            server.stop()
+            remove_s3rver_data(server, args.workdir)
 
     print(
-        "\n| input | local wall (s) | local peak (MiB) | s3 wall (s) | s3 peak (MiB) | "
+        "\n| input | server | local wall (s) | local peak (MiB) | s3 wall (s) | s3 peak (MiB) | "
         "wall s3/local | peak s3/local |"
     )
-    print("|---|---|---|---|---|---|---|")
-    by_key = {(m.size, m.suffix, m.where): m for m in results}
-    for size, suffix in inputs:
-        local, remote = by_key[size, suffix, "local"], by_key[size, suffix, "s3"]
-        print(
-            f"| {size} {suffix} | {local.seconds:.2f} | {local.peak_mib:.0f} | "
-            f"{remote.seconds:.2f} | {remote.peak_mib:.0f} | "
-            f"x{remote.seconds / local.seconds:.2f} | x{remote.peak_mib / local.peak_mib:.2f} |"
-        )
-    args.output.write_text(
-        json.dumps(
-            {"jobs": [asdict(m) for m in results], "raw_get_mb_per_s": throughput}, indent=2
-        )
-        + "\n"
-    )
+    print("|---|---|---|---|---|---|---|---|")
+    by_key = {(m.size, m.suffix, m.server): m for m in results}
+    for kind in args.s3_server:
+        for size, suffix in inputs:
+            local, remote = by_key[size, suffix, None], by_key[size, suffix, kind]
+            print(
+                f"| {size} {suffix} | {kind} | {local.seconds:.2f} | {local.peak_mib:.0f} | "
+                f"{remote.seconds:.2f} | {remote.peak_mib:.0f} | "
+                f"x{remote.seconds / local.seconds:.2f} | "
+                f"x{remote.peak_mib / local.peak_mib:.2f} |"
+            )
+    document = {
+        "schema": SCHEMA,
+        "load": {"before": load_before, "after": list(os.getloadavg())},
+        "cpus": os.cpu_count(),
+        "jobs": [asdict(m) for m in results],
+        "raw_get_mb_per_s": throughput,
+    }
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
     return 0 if all(m.ok for m in results) else 1
 
 
