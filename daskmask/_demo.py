@@ -1,8 +1,9 @@
-"""The main job: every mask setting of the seed walkthrough, on the walkthrough's two runs.
+"""The main job: every mask setting of the seed walkthrough, on the walkthrough's runs.
 
 By default the runs are those of :func:`daskmask.datasets.load_walkthrough_runs` (generated
-at first use from the MNI templates): the default ``background`` strategy on the
-skull-stripped run, every other setting on the raw run, as nilearn's walkthrough does. A
+at first use from the MNI templates): the default ``background`` strategy on the run
+already masked to the occipital cortex, every other setting on the raw run, as nilearn's
+walkthrough does (its already-masked sample is an occipital-cortex mask). A
 setting that fails on a run is printed as that setting's result (the error and a hint) and
 the others still run; :func:`run` says whether every setting ran.
 """
@@ -62,7 +63,7 @@ SETTING_RUN: dict[str, str] = {"background (default)": "masked"}
 
 @dataclass(frozen=True)
 class DemoRuns:
-    """The run(s) the demo masks: the skull-stripped one and the raw one (maybe the same)."""
+    """The run(s) the demo masks: an already-masked one and the raw one (maybe the same)."""
 
     masked: str | os.PathLike[str]
     raw: str | os.PathLike[str]
@@ -250,8 +251,8 @@ def run(
     Parameters
     ----------
     images : str or os.PathLike, optional
-        A 4D run to show every setting on. Default: the walkthrough's runs (the
-        skull-stripped one for ``background``, the raw one for the others).
+        A 4D run to show every setting on. Default: the walkthrough's runs (the one
+        masked to the occipital cortex for ``background``, the raw one for the others).
     scheduler : str, optional
         ``"threads"``, a kind of cluster (``"local"``: the embedded LocalCluster, or one of
         :data:`daskmask.cluster.CLUSTER_KINDS`) or a scheduler address.
@@ -268,7 +269,7 @@ def run(
     """
     if images is None:
         walkthrough = load_walkthrough_runs(verbose=True)
-        runs = DemoRuns(masked=walkthrough.masked, raw=walkthrough.raw)
+        runs = DemoRuns(masked=walkthrough.occipital, raw=walkthrough.raw)
     else:
         runs = DemoRuns(masked=images, raw=images)
     size = _input_bytes(runs)
@@ -277,7 +278,7 @@ def run(
     ran = []
     with _scheduler(choice, reason):
         if images is None:
-            print(_describe("Skull-stripped run", runs.masked), flush=True)
+            print(_describe("Masked run (occipital cortex)", runs.masked), flush=True)
             print(_describe("Raw run", runs.raw), flush=True)
         else:
             print(_describe("Input", images), flush=True)

@@ -1,4 +1,4 @@
-"""The walkthrough runs: realistic raw and skull-stripped EPI from the MNI templates, cached.
+"""The walkthrough runs: raw, skull-stripped and occipital EPI from the MNI templates, cached.
 
 Every walkthrough setting must show what it is for on these runs; nilearn 0.14.1's mask
 functions are the oracle (they are what the walkthrough shows).
@@ -54,6 +54,11 @@ def masked_data(runs: WalkthroughRuns) -> np.ndarray:
     return np.asanyarray(nib.load(runs.masked).dataobj)
 
 
+@pytest.fixture(scope="module")
+def occipital_data(runs: WalkthroughRuns) -> np.ndarray:
+    return np.asanyarray(nib.load(runs.occipital).dataobj)
+
+
 def _nilearn_mask(function: str, img: Path, **kwargs) -> np.ndarray:
     from nilearn import masking
 
@@ -66,9 +71,10 @@ def _nilearn_mask(function: str, img: Path, **kwargs) -> np.ndarray:
 
 
 def test_runs_are_4d_mni_epi_of_150_volumes(runs: WalkthroughRuns) -> None:
-    raw, masked = runs  # unpacks
+    raw, masked, occipital = runs  # unpacks
     assert raw.parent.name == f"walkthrough-v{GENERATOR_VERSION}"
-    for path in (raw, masked):
+    assert masked.parent == occipital.parent == raw.parent
+    for path in (raw, masked, occipital):
         image = nib.load(path)
         assert image.shape == (*GRID_SHAPE, N_VOLUMES) == (50, 59, 48, 150)
         assert image.get_data_dtype() == np.int16
@@ -99,6 +105,27 @@ def test_masked_run_is_the_brain_on_an_exact_zero_background(masked_data, maps) 
     np.testing.assert_array_equal(support, maps["brain"])
     assert not np.any(masked_data[~maps["brain"]])
     assert 0.15 < maps["brain"].mean() < 0.3  # a whole brain in an MNI field of view
+
+
+def test_occipital_run_is_the_skull_stripped_run_cut_to_posterior_cortex(
+    masked_data, occipital_data, maps
+) -> None:
+    occipital = maps["occipital"]
+    support = np.all(occipital_data != 0, axis=-1)
+    np.testing.assert_array_equal(support, occipital)
+    assert not np.any(occipital_data[~occipital])
+    # The same run, voxel for voxel, inside the cortex: already-masked data.
+    np.testing.assert_array_equal(occipital_data[occipital], masked_data[occipital])
+    # A few percent of the image, like the walkthrough's occipital sample.
+    assert 0.02 < occipital.mean() < 0.06
+    # Grey matter at the back of the brain, above the cerebellum.
+    assert np.all(maps["brain"][occipital])
+    assert np.median(maps["gm"][occipital]) > 0.5
+    world = nib.affines.apply_affine(grid_affine(), np.argwhere(occipital))
+    assert world[:, 1].max() <= -60 and world[:, 2].min() >= -16
+    assert world[:, 1].min() < -90  # reaches the occipital pole
+    assert np.count_nonzero(world[:, 0] < 0) > 0.3 * len(world)  # both hemispheres
+    assert np.count_nonzero(world[:, 0] > 0) > 0.3 * len(world)
 
 
 def test_runs_carry_drift_and_fluctuations(raw_data, maps) -> None:
@@ -139,6 +166,17 @@ def test_background_mask_of_the_masked_run_is_the_brain(runs, maps) -> None:
     np.testing.assert_array_equal(mask, maps["brain"])
 
 
+def test_background_mask_of_the_occipital_run_is_its_cortex(runs, maps) -> None:
+    import daskmask as dm
+
+    expected = _nilearn_mask("compute_background_mask", runs.occipital)
+    np.testing.assert_array_equal(expected, maps["occipital"])
+    # The demo's default setting: daskmask's masker gives nilearn's mask, voxel for voxel.
+    masker = dm.NiftiMasker().fit(runs.occipital)
+    np.testing.assert_array_equal(np.asanyarray(masker.mask_img_.dataobj) > 0, expected)
+    assert 2 < 100 * masker.n_elements_ / expected.size < 6
+
+
 @pytest.mark.parametrize("mask_type", ["whole-brain", "gm", "wm"])
 def test_templates_overlap_the_brain(runs, maps, mask_type: str) -> None:
     mask = _nilearn_mask("compute_brain_mask", runs.raw, mask_type=mask_type)
@@ -167,6 +205,7 @@ def test_generation_is_deterministic(runs: WalkthroughRuns, tmp_path: Path) -> N
     again = load_walkthrough_runs(tmp_path)
     assert again.raw.read_bytes() == runs.raw.read_bytes()
     assert again.masked.read_bytes() == runs.masked.read_bytes()
+    assert again.occipital.read_bytes() == runs.occipital.read_bytes()
 
 
 def test_cache_is_reused_not_rewritten(runs: WalkthroughRuns) -> None:
@@ -222,11 +261,14 @@ def test_concurrent_first_calls_agree(runs: WalkthroughRuns, tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == [published.raw.parent.name]
 
 
-def test_an_incomplete_cache_folder_is_regenerated(runs: WalkthroughRuns, tmp_path) -> None:
+@pytest.mark.parametrize("missing", ["masked", "occipital"])
+def test_an_incomplete_cache_folder_is_regenerated(
+    runs: WalkthroughRuns, tmp_path, missing: str
+) -> None:
     first = load_walkthrough_runs(tmp_path)
-    first.masked.unlink()
+    getattr(first, missing).unlink()
     again = load_walkthrough_runs(tmp_path)
-    assert again.masked.read_bytes() == runs.masked.read_bytes()
+    assert getattr(again, missing).read_bytes() == getattr(runs, missing).read_bytes()
 
 
 def test_an_unwritable_cache_folder_is_a_typed_error(tmp_path: Path) -> None:

@@ -48,12 +48,14 @@ def test_demo_shows_every_setting_on_the_walkthrough_runs(environment, tmp_path,
     assert lines[0].startswith("Scheduler: dask's threads in this process"), lines[0]
     assert re.search(r"input \d+\.\d MiB", lines[0])
     runs = load_walkthrough_runs(environment)
-    assert f"Skull-stripped run: {runs.masked} (50x59x48x150, int16)" in stdout
+    assert f"Masked run (occipital cortex): {runs.occipital} (50x59x48x150, int16)" in stdout
     assert f"Raw run: {runs.raw} (50x59x48x150, int16)" in stdout
     shares = {label: coverage(stdout, label)[1] for label, _ in _demo.WALKTHROUGH_SETTINGS}
-    # Like the walkthrough: a brain's share for background on the masked run, a larger one for
-    # epi on the raw run, the opening visibly smaller, the templates inside the run, 8 mm coarse.
-    assert 10 < shares["background (default)"] < shares["epi"] < 40
+    # Like the walkthrough: a few percent for background on the run masked to the occipital
+    # cortex, a larger share for epi on the raw run, the opening visibly smaller, the templates
+    # inside the run, 8 mm coarse.
+    assert 2 < shares["background (default)"] < 6
+    assert 10 < shares["epi"] < 40
     assert shares["epi, opening=10"] < 0.8 * shares["epi"]
     assert shares["whole-brain-template"] > 10
     assert coverage(stdout, "gm-template")[0] > 500 and coverage(stdout, "wm-template")[0] > 500

@@ -154,7 +154,13 @@ def test_walkthrough_on_the_walkthrough_runs(
     stdout = check_common(notebook, tmp_path)
     runs = dm.datasets.load_walkthrough_runs(data_dir)
     assert f"Raw run: {runs.raw}" in stdout
-    assert f"Skull-stripped run: {runs.masked}" in stdout
+    assert f"Masked run: {runs.occipital}" in stdout
+    # The background mask of the run masked to the occipital cortex: a few percent, as in
+    # the walkthrough.
+    share = re.search(
+        r"^The mask includes \d+ voxels \((\d+\.\d) %\) of the image\.$", stdout, re.M
+    )
+    assert share and 2 < float(share.group(1)) < 6, stdout
     # Like the walkthrough: a mean in the hundreds, then 0.00 and a std that drops.
     trended = re.search(r"Trended: mean (\d+\.\d\d), std (\d+\.\d\d)", stdout)
     detrended = re.search(r"Detrended: mean 0\.00, std (\d+\.\d\d)", stdout)

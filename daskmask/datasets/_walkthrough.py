@@ -1,9 +1,12 @@
-"""The walkthrough's two runs, built from real anatomy: raw EPI and the same run skull-stripped.
+"""The walkthrough's runs, built from real anatomy: raw EPI, skull-stripped, occipital cortex.
 
-nilearn's NiftiMasker walkthrough teaches on two kinds of data: already-masked EPI (a brain on
-an exact-zero background, for the ``background`` strategy) and raw EPI (a head with scalp on a
-noisy background, for the ``epi`` strategy), both in MNI space with a hundred volumes or more.
-This module makes both from the MNI ICBM152 2009a templates that daskmask ships:
+nilearn's NiftiMasker walkthrough teaches on two kinds of data: already-masked EPI (data on an
+exact-zero background, for the ``background`` strategy; its sample is masked to the occipital
+cortex) and raw EPI (a head with scalp on a noisy background, for the ``epi`` strategy), both
+in MNI space with a hundred volumes or more. This module makes three runs from the MNI ICBM152
+2009a templates that daskmask ships: the raw run, the same run skull-stripped (the whole brain
+on an exact-zero background), and the skull-stripped run masked to the occipital cortex (the
+posterior grey matter), like the walkthrough's already-masked sample:
 
 * grey and white matter come from the template's probability maps, CSF fills the rest of the
   template's brain support (ventricles, sulci) plus a thin layer around it;
@@ -12,7 +15,9 @@ This module makes both from the MNI ICBM152 2009a templates that daskmask ships:
 * the tissue fractions are brought to the EPI grid with partial-volume averaging, then the
   run is synthesised by the generator of :mod:`daskmask.datasets._generator`: EPI (T2*)
   contrast, coil bias, susceptibility dropout, drift, BOLD networks, physiology and thermal
-  noise (Rician in the head, Rayleigh in the air of the raw run).
+  noise (Rician in the head, Rayleigh in the air of the raw run);
+* the occipital run is the skull-stripped run, voxel for voxel, with exact zeros outside the
+  occipital cortex (:func:`occipital_support`).
 
 The runs are generated at first use into a cache folder (written atomically, keyed by
 :data:`GENERATOR_VERSION`): only this generator and the templates ship with daskmask.
@@ -48,7 +53,7 @@ from daskmask.masking._templates import load_template
 from daskmask.reading._writer import write_nifti_volumes
 
 #: Bumped whenever the runs change: it names the cache folder, so old runs are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Environment variable naming the folder where generated data are cached.
 DATA_ENV_VAR = "DASKMASK_DATA"
 
@@ -63,6 +68,16 @@ SEED = 2009
 
 RAW_NAME = "sub-01_task-rest_space-MNI152NLin2009aSym_res-4mm_desc-raw_bold.nii.gz"
 MASKED_NAME = "sub-01_task-rest_space-MNI152NLin2009aSym_res-4mm_desc-brain_bold.nii.gz"
+OCCIPITAL_NAME = "sub-01_task-rest_space-MNI152NLin2009aSym_res-4mm_desc-occipital_bold.nii.gz"
+
+# The occipital cortex of the occipital run: brain voxels at least this much grey matter
+# (partial volume at 4 mm), behind the plane y = -60 mm (the parieto-occipital sulcus lies
+# at y = -60..-70 in MNI space) and above z = -16 mm (below it, behind the tentorium, lies
+# the cerebellum). About 2.6 % of the grid, as the walkthrough's occipital sample is a few
+# percent of its image.
+_OCCIPITAL_MIN_GREY = 0.3
+_OCCIPITAL_MAX_Y_MM = -60.0
+_OCCIPITAL_MIN_Z_MM = -16.0
 
 # Shells grown outside the template's (skull-stripped) brain, as distances from its surface in
 # mm: CSF between brain and skull, then the skull, then the scalp (skin, fat and muscle).
@@ -76,7 +91,7 @@ _WORK_STEP = 2
 
 @dataclass(frozen=True)
 class WalkthroughRuns:
-    """The paths of the walkthrough's two runs, and how they were made.
+    """The paths of the walkthrough's three runs, and how they were made.
 
     Attributes
     ----------
@@ -84,10 +99,13 @@ class WalkthroughRuns:
         Raw EPI: the whole head (scalp, skull, brain) on a noisy Rayleigh background, int16.
         What ``mask_strategy="epi"`` is for.
     masked : pathlib.Path
-        The same run skull-stripped: the brain on an exact-zero background, int16. What the
-        default ``mask_strategy="background"`` is for.
+        The same run skull-stripped: the whole brain on an exact-zero background, int16.
+    occipital : pathlib.Path
+        The skull-stripped run masked to the occipital cortex (exact zeros elsewhere), int16:
+        already-masked data like the walkthrough's, what the default
+        ``mask_strategy="background"`` is for.
     shape : tuple of int
-        Spatial shape of both runs.
+        Spatial shape of the runs.
     n_volumes : int
         Number of volumes of each run.
     t_r : float
@@ -97,13 +115,14 @@ class WalkthroughRuns:
 
     raw: Path
     masked: Path
+    occipital: Path
     shape: tuple[int, int, int] = GRID_SHAPE
     n_volumes: int = N_VOLUMES
     t_r: float = T_R
 
     def __iter__(self) -> Iterator[Path]:
-        """Unpack as ``raw, masked = load_walkthrough_runs()``."""
-        return iter((self.raw, self.masked))
+        """Unpack as ``raw, masked, occipital = load_walkthrough_runs()``."""
+        return iter((self.raw, self.masked, self.occipital))
 
 
 def grid_affine() -> np.ndarray:
@@ -111,6 +130,12 @@ def grid_affine() -> np.ndarray:
     affine = np.diag([VOXEL_SIZE_MM] * 3 + [1.0])
     affine[:3, 3] = GRID_ORIGIN_MM
     return affine
+
+
+def _world_coordinates() -> np.ndarray:
+    """Return the ``(3, n_voxels)`` MNI coordinates (mm) of the grid, voxels in Fortran order."""
+    voxels = np.indices(GRID_SHAPE).reshape(3, -1, order="F")
+    return grid_affine()[:3, :3] @ voxels + grid_affine()[:3, 3:]
 
 
 # -- anatomy ------------------------------------------------------------------------------
@@ -195,10 +220,7 @@ def build_walkthrough_anatomy() -> Anatomy:
     # Normalised head coordinates as the phantom defines them (the brain surface at radius
     # _BRAIN_SURFACE), so that its bias field, dropout and network maps fall where a real
     # head has them.
-    world = (
-        grid_affine()[:3, :3] @ np.indices(GRID_SHAPE).reshape(3, -1, order="F")
-        + grid_affine()[:3, 3:]
-    )
+    world = _world_coordinates()
     brain_world = world[:, brain]
     centre = (brain_world.max(axis=1) + brain_world.min(axis=1)) / 2.0
     semi_axes = (brain_world.max(axis=1) - brain_world.min(axis=1)) / 2.0 / _BRAIN_SURFACE
@@ -223,6 +245,36 @@ def build_walkthrough_anatomy() -> Anatomy:
     )
 
 
+def occipital_support(anatomy: Anatomy) -> np.ndarray:
+    """Return the occipital cortex of the occipital run: its exact non-zero support.
+
+    Parameters
+    ----------
+    anatomy : Anatomy
+        The head of the walkthrough runs (:func:`build_walkthrough_anatomy`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, flattened in Fortran order: brain voxels at least 30 % grey matter, behind
+        y = -60 mm and above z = -16 mm, the largest face-connected part (one piece of
+        cortex, as a region-of-interest mask is).
+
+    """
+    world = _world_coordinates()
+    selected = (
+        anatomy.brain
+        & (anatomy.fractions["gm"] >= _OCCIPITAL_MIN_GREY)
+        & (world[1] <= _OCCIPITAL_MAX_Y_MM)
+        & (world[2] >= _OCCIPITAL_MIN_Z_MM)
+    )
+    labels, n_parts = ndimage.label(selected.reshape(GRID_SHAPE, order="F"))
+    if n_parts > 1:
+        largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        selected = (labels == largest).ravel(order="F")
+    return selected
+
+
 def walkthrough_tissue_maps() -> dict[str, np.ndarray]:
     """Return the ground truth behind the walkthrough runs.
 
@@ -231,14 +283,18 @@ def walkthrough_tissue_maps() -> dict[str, np.ndarray]:
     dict of str to numpy.ndarray
         3D arrays of the runs' shape: partial-volume fractions (float32 in ``[0, 1]``) of
         ``"scalp"``, ``"skull"``, ``"csf"``, ``"gm"`` and ``"wm"``; boolean ``"brain"``
-        (the exact non-zero support of the masked run) and ``"head"``.
+        (the exact non-zero support of the skull-stripped run), ``"occipital"`` (that of the
+        occipital run) and ``"head"``.
 
     """
-    return anatomy_maps(build_walkthrough_anatomy(), GRID_SHAPE)
+    anatomy = build_walkthrough_anatomy()
+    maps = anatomy_maps(anatomy, GRID_SHAPE)
+    maps["occipital"] = occipital_support(anatomy).reshape(GRID_SHAPE, order="F")
+    return maps
 
 
-def _write_run(path: Path, anatomy: Anatomy, kind: str) -> None:
-    model = _EpiModel(
+def _model(anatomy: Anatomy, kind: str) -> _EpiModel:
+    return _EpiModel(
         anatomy.shape,
         N_VOLUMES,
         kind,
@@ -248,12 +304,15 @@ def _write_run(path: Path, anatomy: Anatomy, kind: str) -> None:
         SEED,
         anatomy=anatomy,
     )
+
+
+def _write_run(path: Path, volumes: Iterator[np.ndarray], kind: str) -> None:
     write_nifti_volumes(
         path,
-        (model.volume(t) for t in range(N_VOLUMES)),
+        volumes,
         shape=GRID_SHAPE,
         n_timepoints=N_VOLUMES,
-        dtype=model.dtype,
+        dtype=np.int16,
         affine=grid_affine(),
         t_r=T_R,
         compresslevel=1,
@@ -289,13 +348,35 @@ def data_home(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / RAW_NAME).is_file() and (folder / MASKED_NAME).is_file()
+    return all((folder / name).is_file() for name in (RAW_NAME, MASKED_NAME, OCCIPITAL_NAME))
 
 
 def _generate_into(folder: Path) -> None:
     anatomy = build_walkthrough_anatomy()
-    _write_run(folder / RAW_NAME, anatomy, "raw")
-    _write_run(folder / MASKED_NAME, anatomy, "skull-stripped")
+    raw = _model(anatomy, "raw")
+    _write_run(folder / RAW_NAME, (raw.volume(t) for t in range(N_VOLUMES)), "raw")
+    del raw  # its static maps: about ten volumes of float32
+    skull_stripped = _model(anatomy, "skull-stripped")
+    occipital = occipital_support(anatomy).reshape(GRID_SHAPE, order="F")
+    # The occipital run is the skull-stripped run cut to the cortex: its values are kept
+    # while the skull-stripped run is written (a few hundred kB, not the 4D run) and put
+    # back on the grid for the second file, so every volume is synthesised once.
+    kept: list[np.ndarray] = []
+
+    def skull_stripped_volumes() -> Iterator[np.ndarray]:
+        for t in range(N_VOLUMES):
+            volume = skull_stripped.volume(t)
+            kept.append(volume[occipital])
+            yield volume
+
+    def occipital_volumes() -> Iterator[np.ndarray]:
+        for values in kept:
+            volume = np.zeros(GRID_SHAPE, dtype=np.int16, order="F")
+            volume[occipital] = values
+            yield volume
+
+    _write_run(folder / MASKED_NAME, skull_stripped_volumes(), "skull-stripped")
+    _write_run(folder / OCCIPITAL_NAME, occipital_volumes(), "occipital cortex")
 
 
 def _publish(partial: Path, final: Path) -> None:
@@ -316,21 +397,25 @@ def _publish(partial: Path, final: Path) -> None:
 def load_walkthrough_runs(
     data_dir: str | os.PathLike[str] | None = None, *, verbose: bool = False
 ) -> WalkthroughRuns:
-    """Return the walkthrough's raw and skull-stripped runs, generating them at first use.
+    """Return the walkthrough's three runs (raw, skull-stripped, occipital), made at first use.
 
-    Two deterministic 4D EPI runs in MNI space (4 mm, 50 x 59 x 48 voxels, 150 volumes,
+    Three deterministic 4D EPI runs in MNI space (4 mm, 50 x 59 x 48 voxels, 150 volumes,
     TR 2 s, int16), built from the MNI ICBM152 2009a templates that daskmask ships:
 
     * ``raw``: the whole head on a noisy (Rayleigh) background: bright scalp, dark skull,
       EPI (T2*) contrast inside the brain (CSF brightest, white matter darker than grey
       matter), coil bias and susceptibility dropout, a Nyquist ghost; over time a scanner
       drift, BOLD networks, cardiac and respiratory fluctuations and thermal noise;
-    * ``masked``: the same run skull-stripped, the brain (with its CSF) on an exact-zero
-      background.
+    * ``masked``: the same run skull-stripped, the whole brain (with its CSF) on an
+      exact-zero background: its ``background`` mask is the brain, about 22 % of the grid;
+    * ``occipital``: the skull-stripped run masked to the occipital cortex (grey matter
+      behind y = -60 mm and above z = -16 mm), exact zeros elsewhere: already-masked data
+      like the walkthrough's (its sample is masked to the occipital cortex), whose
+      ``background`` mask is a few percent of the image (about 2.6 %).
 
-    The first call writes both (about 20 MB each, a few seconds) to
+    The first call writes the three (about 27, 7 and 1 MB, a few seconds) to
     ``<data_dir>/walkthrough-v<GENERATOR_VERSION>/``; later calls return them at once. The
-    folder appears only once both files are complete (written to a hidden folder, then
+    folder appears only once every file is complete (written to a hidden folder, then
     renamed), so an interrupted or concurrent first call never leaves a half-written run.
 
     Parameters
@@ -344,7 +429,8 @@ def load_walkthrough_runs(
     Returns
     -------
     WalkthroughRuns
-        ``.raw`` and ``.masked`` paths (``raw, masked = load_walkthrough_runs()`` unpacks).
+        ``.raw``, ``.masked`` and ``.occipital`` paths
+        (``raw, masked, occipital = load_walkthrough_runs()`` unpacks).
 
     Raises
     ------
@@ -355,13 +441,15 @@ def load_walkthrough_runs(
 
     See Also
     --------
-    walkthrough_tissue_maps : the ground-truth tissues and brain support.
+    walkthrough_tissue_maps : the ground-truth tissues, brain and occipital supports.
     load_sample : nibabel's real two-volume EPI run.
 
     """
     root = data_home(data_dir)
     final = root / f"walkthrough-v{GENERATOR_VERSION}"
-    runs = WalkthroughRuns(raw=final / RAW_NAME, masked=final / MASKED_NAME)
+    runs = WalkthroughRuns(
+        raw=final / RAW_NAME, masked=final / MASKED_NAME, occipital=final / OCCIPITAL_NAME
+    )
     if _complete(final):
         return runs
     if verbose:
