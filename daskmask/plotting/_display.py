@@ -33,6 +33,9 @@ _MAX_VIEWS_WIDTH = 12.0
 _MARGIN = 0.06
 _TITLE_ROOM = 0.42
 _BAR_GAP = 0.15
+#: Between two views: views cropped to the data would otherwise touch and read as one
+#: image on a light page.
+_VIEW_GAP = 0.08
 _BAR_WIDTH = 0.16
 #: Font sizes (points) of the cut labels and the L/R letters, as nilearn's.
 _LABEL_SIZE = 12
@@ -242,6 +245,7 @@ class OrthoDisplay(Display):
         """
         total_width = float(sum(width for width, _ in self._spans))
         tallest = max(height for _, height in self._spans)
+        gaps = _VIEW_GAP * (len(self._spans) - 1)
         bar = 0.0
         if self._colorbar_axes is not None:
             bar = _BAR_GAP + _BAR_WIDTH + self._labels_room
@@ -252,16 +256,18 @@ class OrthoDisplay(Display):
                 view_height *= _MAX_VIEWS_WIDTH / views_width
                 views_width = _MAX_VIEWS_WIDTH
             self._figure.set_size_inches(
-                views_width + bar + 2 * _MARGIN,
+                views_width + gaps + bar + 2 * _MARGIN,
                 view_height + self._title_room + 2 * _MARGIN,
                 forward=False,
             )
         width, height = self._figure.get_size_inches()
         bottom = _MARGIN / height
         top = 1 - (self._title_room + _MARGIN) / height
-        views = max(width - bar - 2 * _MARGIN, 0.1) / width
+        views = max(width - gaps - bar - 2 * _MARGIN, 0.1) / width
         position = _MARGIN / width
-        for ax, (span, _) in zip(self.axes.values(), self._spans, strict=True):
+        for index, (ax, (span, _)) in enumerate(zip(self.axes.values(), self._spans, strict=True)):
+            if index:
+                position += _VIEW_GAP / width
             share = views * span / total_width
             ax.set_position((position, bottom, share, top - bottom))
             position += share
@@ -285,14 +291,16 @@ class OrthoDisplay(Display):
         colorbar: bool = False,
         draw_cross: bool = True,
         annotate: bool = True,
+        frame: Sequence[Grid3D] = (),
     ) -> OrthoDisplay:
         """Lay out the views of a display.
 
         Parameters
         ----------
         bounds : Grid3D
-            The volume whose field of view is shown: the box of its non-zero
-            values (cut coordinates default to its :func:`find_cut_coords`).
+            The volume whose field of view is shown: the box of its data in
+            world space (:meth:`Grid3D.cropped`); cut coordinates default to
+            its :func:`find_cut_coords`.
         display_mode : str, default="ortho"
             "ortho" (x, y and z) or any combination of "x", "y", "z".
         cut_coords : sequence of float, float or None, default=None
@@ -307,6 +315,10 @@ class OrthoDisplay(Display):
             Draw the lines where the other cuts are.
         annotate : bool, default=True
             Write the cut coordinates and the left/right sides.
+        frame : sequence of Grid3D, default=()
+            Other volumes the views must hold whole (a mask drawn over the
+            image): the views show the union of their boxes and that of
+            ``bounds``.
 
         Returns
         -------
@@ -317,11 +329,12 @@ class OrthoDisplay(Display):
         directions = parse_display_mode(display_mode)
         cuts = _resolve_cut_coords(bounds, directions, cut_coords)
         bounds = bounds.cropped()
+        extents = _union_extents([bounds, *(grid.cropped() for grid in frame)])
         spans = []
         for direction in directions:
             _, horizontal, vertical = _VIEW_AXES[direction]
-            low, high = bounds.extent(horizontal)
-            bottom, top = bounds.extent(vertical)
+            low, high = extents[horizontal]
+            bottom, top = extents[vertical]
             spans.append((high - low, top - bottom))
         facecolor = "black" if black_bg else "white"
         own_figure = figure is None
@@ -334,8 +347,8 @@ class OrthoDisplay(Display):
         for direction in directions:
             ax = figure.add_axes((0, 0, 1, 1))
             _, horizontal, vertical = _VIEW_AXES[direction]
-            ax.set_xlim(*bounds.extent(horizontal))
-            ax.set_ylim(*bounds.extent(vertical))
+            ax.set_xlim(*extents[horizontal])
+            ax.set_ylim(*extents[vertical])
             ax.set_aspect("equal", adjustable="box", anchor="C")
             ax.set_facecolor(facecolor)
             ax.set_axis_off()
@@ -569,6 +582,15 @@ class OrthoDisplay(Display):
                         zorder=5,
                         path_effects=outline,
                     )
+
+
+def _union_extents(grids: Sequence[Grid3D]) -> list[tuple[float, float]]:
+    """World extent (mm) along x, y and z of the union of the grids' boxes."""
+    extents = []
+    for axis in range(3):
+        lows, highs = zip(*(grid.extent(axis) for grid in grids), strict=True)
+        extents.append((min(lows), max(highs)))
+    return extents
 
 
 def _padded_coords(grid: Grid3D, axis: int) -> np.ndarray:

@@ -108,6 +108,7 @@ def plot_roi(
         colorbar=colorbar and background is not None,
         draw_cross=draw_cross,
         annotate=annotate,
+        frame=(roi,),  # the whole region, even where the background has no data
     )
     if background is not None:
         display.add_image(background, cmap=cmap)

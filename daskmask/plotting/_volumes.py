@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import nibabel as nib
@@ -98,12 +98,18 @@ class Grid3D:
         World coordinates (mm) of voxel ``(0, 0, 0)``.
     spacing : numpy.ndarray
         Positive voxel sizes (mm) along x, y, z.
+    support : tuple of numpy.ndarray or None
+        World box ``(low, high)`` (mm) of the non-zero voxels (their whole extent) of the
+        image this grid was resampled from (an oblique image), None otherwise. Interpolation
+        leaves faint non-zero values (spline ringing) all around the data, up to the
+        corners of the resampled box: :meth:`cropped` keeps to this box instead.
 
     """
 
     data: np.ndarray
     origin: np.ndarray
     spacing: np.ndarray
+    support: tuple[np.ndarray, np.ndarray] | None = None
 
     def coords(self, axis: int) -> np.ndarray:
         """World coordinates of the voxel centres along ``axis``."""
@@ -134,11 +140,13 @@ class Grid3D:
         return self.origin + self.spacing * np.asarray(ijk, dtype=float)
 
     def cropped(self) -> Grid3D:
-        """Return the smallest box holding every non-zero value (itself when all are zero).
+        """Return the smallest box holding the data (itself when all values are zero).
 
-        Displays show this box, as nilearn's do: an oblique image resampled
-        onto a world grid gains empty corners, which would only shrink the
-        brain in its views.
+        Displays show this box: the data's own bounding box in world space, so
+        that the brain fills its views. It holds every non-zero value, within
+        :attr:`support` when the grid was resampled from an
+        oblique image (whose empty corners and interpolation ringing would
+        otherwise only shrink the brain in its views).
         """
         values = np.nan_to_num(np.asarray(self.data, dtype=float))
         nonzero = np.nonzero(values)
@@ -146,6 +154,13 @@ class Grid3D:
             return self
         low = np.array([int(index.min()) for index in nonzero])
         high = np.array([int(index.max()) + 1 for index in nonzero])
+        if self.support is not None:
+            # The voxels whose centres lie in the source's non-zero box.
+            near = np.ceil((self.support[0] - self.origin) / self.spacing)
+            far = np.floor((self.support[1] - self.origin) / self.spacing) + 1
+            inner_low, inner_high = np.maximum(low, near), np.minimum(high, far)
+            if np.all(inner_high > inner_low):
+                low, high = inner_low.astype(int), inner_high.astype(int)
         box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
         return Grid3D(self.data[box], self.origin + self.spacing * low, self.spacing)
 
@@ -203,7 +218,7 @@ def to_grid(img: nib.spatialimages.SpatialImage, interpolation: str = "continuou
                 interpolation=interpolation,
                 copy=False,
             )
-        return to_grid(resampled, interpolation)
+        return replace(to_grid(resampled, interpolation), support=_support_box(data, affine))
     data = np.transpose(data, order)
     origin = np.empty(3)
     spacing = np.empty(3)
@@ -216,6 +231,21 @@ def to_grid(img: nib.spatialimages.SpatialImage, interpolation: str = "continuou
         else:
             origin[axis] = affine[axis, 3]
     return Grid3D(np.ascontiguousarray(data), origin, spacing)
+
+
+def _support_box(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """World box (low, high) of the non-zero voxels of an image, None when all are zero.
+
+    The box of the voxel centres (every non-zero centre mapped: the corners of the index
+    box would overestimate it for a rotated affine), widened by the half-extent of one
+    voxel along each world axis, so that it holds the whole of every voxel.
+    """
+    nonzero = np.argwhere(np.nan_to_num(np.asarray(data, dtype=float)) != 0)
+    if nonzero.size == 0:
+        return None
+    world = nib.affines.apply_affine(affine, nonzero)
+    half_voxel = np.abs(affine[:3, :3]).sum(axis=1) / 2
+    return world.min(axis=0) - half_voxel, world.max(axis=0) + half_voxel
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -95,12 +95,22 @@ def _svg_uri(display: OrthoDisplay) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
 
 
-def _figure(background: Any, mask: Any, cuts: tuple[float, float, float], cmap: Any) -> str:
+def _display(
+    background: Any, mask: Any, cuts: tuple[float, float, float], cmap: Any
+) -> OrthoDisplay:
+    """Draw the image and the mask's outline: views framed on the data and the whole mask."""
     grid = to_grid(background, "continuous")
-    display = OrthoDisplay.create(grid, cut_coords=cuts, black_bg=False, colorbar=True)
+    mask_grid = mask if isinstance(mask, Grid3D) else to_grid(mask, "nearest")
+    display = OrthoDisplay.create(
+        grid, cut_coords=cuts, black_bg=False, colorbar=True, frame=(mask_grid,)
+    )
     display.add_image(grid, cmap=cmap)
-    display.add_contours(mask, levels=(0.5,), colors="g", linewidths=2.5)
-    return _svg_uri(display)
+    display.add_contours(mask_grid, levels=(0.5,), colors="g", linewidths=2.5)
+    return display
+
+
+def _figure(background: Any, mask: Any, cuts: tuple[float, float, float], cmap: Any) -> str:
+    return _svg_uri(_display(background, mask, cuts, cmap))
 
 
 def _summarise(value: Any) -> str:
