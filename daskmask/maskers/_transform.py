@@ -30,6 +30,7 @@ from daskmask.extraction import (
 )
 from daskmask.extraction._unmask import load_image_file
 from daskmask.maskers._hv_confounds import run_high_variance_confounds
+from daskmask.maskers._in_memory import in_memory_result
 from daskmask.reading import open_nifti
 from daskmask.reading._decode import with_time_chunks
 from daskmask.signal import clean
@@ -269,6 +270,9 @@ def extract_and_clean(
         cleaned = cleaned.astype(target)
 
     time = None if single_volume else _kept_times(run, sample_mask, cleaned.shape[0])
+    if isinstance(cleaned, da.Array):
+        # computed into memory, the blocks fill one result (no final concatenation)
+        cleaned = in_memory_result(cleaned)
     return signals_dataarray(
         cleaned,
         full_mask,
