@@ -81,6 +81,24 @@ def test_a_mask_function_does_not_import_the_cluster_or_the_plots() -> None:
     assert "matplotlib" not in modules
 
 
+def test_the_command_imports_neither_the_walkthrough_nor_the_cluster() -> None:
+    """``daskmask run`` and ``bids`` do not pay for ``demo`` (its datasets) or for distributed."""
+    modules = _imported_after("import daskmask.cli")
+    assert "daskmask._demo" not in modules
+    assert "daskmask.datasets" not in modules
+    assert "daskmask.cluster" not in modules
+    assert "distributed" not in modules
+
+
+def test_the_command_spells_the_names_it_shares_with_modules_it_does_not_import() -> None:
+    """The demo's default store and the scheduler variable are those of their modules."""
+    from daskmask import _demo, cluster
+    from daskmask.cli import _batch, _main
+
+    assert _main.DEMO_OUTPUT == str(_demo.DEFAULT_OUTPUT)
+    assert _batch.SCHEDULER_ENV_VAR == cluster.SCHEDULER_ENV_VAR
+
+
 def test_unknown_names_raise_attribute_error() -> None:
     import daskmask
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 
@@ -46,7 +46,14 @@ from daskmask.batch._progress import BatchProgress
 from daskmask.batch._runner import BatchInterrupted, Prepared, RunPlan, execute, prepare
 from daskmask.batch._summary import SUMMARY_NAME, RunOutcome
 from daskmask.cli._options import UsageError
-from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboard_message
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+#: The variable naming the default scheduler (:data:`daskmask.cluster.SCHEDULER_ENV_VAR`,
+#: the same name): spelled here so that a batch on threads never imports
+#: :mod:`daskmask.cluster`, hence distributed (0.15-0.3 s and 10 MiB at every start).
+SCHEDULER_ENV_VAR = "DASKMASK_SCHEDULER"
 
 #: Before the batch ran on threads whatever the runs: the size under which one run was
 #: masked on threads (kept for callers that read it; no longer part of the rule).
@@ -75,13 +82,14 @@ DEFAULT_RUNS_IN_FLIGHT = 2
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--scheduler``, ``--jobs``, ``--runs-in-flight`` and ``--force``."""
     group = parser.add_argument_group("execution")
-    kinds = "|".join(k for k in CLUSTER_KINDS if k != "local")
     group.add_argument(
         "--scheduler",
-        metavar="threads|local|ADDRESS" + (f"|{kinds}" if kinds else ""),
+        metavar="threads|local|KIND|ADDRESS",
         help=(
             "where to compute (default: $DASKMASK_SCHEDULER, else threads: dask's threads "
-            "in this process; local: a LocalCluster of processes on this machine)"
+            "in this process; local: a LocalCluster of processes on this machine; KIND: a "
+            "cluster the command starts, such as slurm or kubernetes; ADDRESS: a running "
+            "scheduler)"
         ),
     )
     group.add_argument(
@@ -121,6 +129,18 @@ def _positive_int(option: str) -> Any:
     return parse
 
 
+def _cluster() -> ModuleType:
+    """:mod:`daskmask.cluster`, imported when a batch uses a cluster (it imports distributed)."""
+    from daskmask import cluster
+
+    return cluster
+
+
+def _starts_cluster(choice: str) -> bool:
+    """Whether ``choice`` is a kind of cluster the command starts (and closes)."""
+    return choice != "threads" and choice in _cluster().CLUSTER_KINDS
+
+
 def choose_scheduler(option: str | None, prepared: Sequence[Prepared]) -> str:
     """Return the scheduler to use (see the module docstring for the rule)."""
     if option:
@@ -151,11 +171,14 @@ def threads_execution() -> Iterator[int]:
     its own, which keeps the memory its tasks freed for itself (measured: peak
     about 60 MiB less with 8 runs, CPU time unchanged).
     """
-    from dask.threaded import ContextAwareThreadPoolExecutor
+    from dask.threaded import ContextAwareThreadPoolExecutor, get
     from threadpoolctl import threadpool_limits
 
     threads = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    settings: dict[str, Any] = {"scheduler": "threads", "pool": None, "num_workers": threads}
+    # dask's threaded scheduler as a function, not the name "threads": dask resolves a
+    # name by first looking for a current distributed Client, which imports distributed
+    # (0.15-0.3 s of every batch on threads); the function is used as it is.
+    settings: dict[str, Any] = {"scheduler": get, "pool": None, "num_workers": threads}
     if dask.config.get(BUDGET_KEY, "auto") in ("auto", None):
         settings[BUDGET_KEY] = BATCH_BLOCK_BYTES
     pool = ContextAwareThreadPoolExecutor(threads, thread_name_prefix="dask-batch")
@@ -185,29 +208,30 @@ def scheduler(choice: str, jobs: int | None) -> Iterator[Any]:
         with threads_execution():
             yield None
         return
+    cluster = _cluster()
     extra = {"jobs": jobs} if jobs is not None else {}
     try:
-        if choice in CLUSTER_KINDS:
-            client = connect(cluster=choice, **extra)
+        if choice in cluster.CLUSTER_KINDS:
+            client = cluster.connect(cluster=choice, **extra)
         else:
             if jobs is not None:
                 raise UsageError(
                     "--jobs", f"only applies to a cluster the command starts, not to {choice}"
                 )
-            client = connect(choice)
+            client = cluster.connect(choice)
     except UsageError:
         raise
     except (OSError, ValueError) as error:
         raise UsageError(
             "--scheduler",
             f"cannot use {choice!r} ({error}); give threads, local, "
-            f"{', '.join(k for k in CLUSTER_KINDS if k != 'local')} or a scheduler address "
-            "such as tcp://host:8786",
+            f"{', '.join(k for k in cluster.CLUSTER_KINDS if k != 'local')} "
+            "or a scheduler address such as tcp://host:8786",
         ) from None
     try:
         yield client
     finally:
-        _close(client, started=choice in CLUSTER_KINDS)
+        _close(client, started=choice in cluster.CLUSTER_KINDS)
 
 
 def _close(client: Any, *, started: bool) -> None:
@@ -264,9 +288,10 @@ def run_batch(
         try:
             prepared = prepare(plans, force=args.force)
             choice = choose_scheduler(args.scheduler, prepared)
+            starts_cluster = _starts_cluster(choice)
             needs_compute = any(item.action == "run" for item in prepared)
             jobs = args.jobs
-            if jobs is None and choice in CLUSTER_KINDS and choice != "local":
+            if jobs is None and starts_cluster and choice != "local":
                 # A job-queue or Kubernetes cluster gets one job per run in flight, never
                 # more than there are runs to do: a shared queue is not flooded by default.
                 to_do = sum(item.action == "run" for item in prepared)
@@ -279,7 +304,7 @@ def run_batch(
                 )
                 with BatchProgress(len(prepared)) as progress:
                     if client is not None:
-                        message = dashboard_message(client)
+                        message = _cluster().dashboard_message(client)
                         if message:
                             progress.note(message)
                     outcomes = execute(
@@ -288,7 +313,7 @@ def run_batch(
                         runs_in_flight=in_flight,
                         progress=progress,
                         on_interrupt=(
-                            (lambda: _close(client, started=choice in CLUSTER_KINDS))
+                            (lambda: _close(client, started=starts_cluster))
                             if client is not None
                             else None
                         ),

@@ -8,12 +8,17 @@ failed, 2 for a usage mistake (the message names the option and the fix),
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
-from daskmask import _demo
 from daskmask.cli import _bids, _run
 from daskmask.cli._options import UsageError
 from daskmask.exceptions import DaskmaskError
+
+#: Where ``daskmask demo`` writes without ``--output`` (the walkthrough's default): spelled
+#: here so that building the parser does not import the walkthrough (and its datasets,
+#: plotting and cluster modules) for ``run`` and ``bids``.
+DEMO_OUTPUT = "daskmask-demo.zarr"
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -46,7 +51,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     demo.add_argument(
         "--output",
-        default=str(_demo.DEFAULT_OUTPUT),
+        default=DEMO_OUTPUT,
         help="Zarr results store to write (replaced if it exists)",
     )
     subparsers = {
@@ -61,8 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the requested job; return the exit status."""
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
+    # The modules and constants imported so far outlive the command: out of the
+    # collector's generations while it runs, they are not walked again by each full
+    # collection that the runs' many small objects (graphs, metadata) trigger. Given
+    # back at the end, for a caller that runs the command in its own process (tests).
+    gc.freeze()
+    try:
+        return _dispatch(args, subparsers)
+    finally:
+        gc.unfreeze()
+
+
+def _dispatch(args: argparse.Namespace, subparsers: dict[str, argparse.ArgumentParser]) -> int:
+    """Run the parsed command; turn its expected failures into exit statuses."""
     try:
         if args.command == "demo":
+            from daskmask import _demo  # only this command needs the walkthrough
+
             # 0 when every setting ran; a failed one is printed as its result, exit 1
             return 0 if _demo.run(args.images, scheduler=args.scheduler, output=args.output) else 1
         handler = _run.command if args.command == "run" else _bids.command
