@@ -12,7 +12,9 @@ then, for each input, measures in fresh subprocesses:
 
 For each it prints the wall time, the peak memory of the whole process tree
 (sampled every 20 ms with psutil, workers included) and the daskmask/nilearn
-ratios, and writes the figures to a JSON file.
+ratios, and writes the figures to a JSON file. It also times ``import
+daskmask`` in a fresh interpreter, and ends with the table of issue 14's
+targets (``bench_targets.py``: each figure, its ratio, met or not).
 
 Usage::
 
@@ -36,6 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_targets import print_table  # noqa: E402 - the table of this same run
 
 #: name -> (shape, n_timepoints, suffix)
 INPUTS: dict[str, tuple[tuple[int, int, int], int, str]] = {
@@ -147,6 +152,27 @@ def run_job(
     return Measurement(name, job, round(seconds, 2), round(peak, 1), ok, detail[:200])
 
 
+IMPORT_CODE = """
+import time
+start = time.perf_counter()
+import daskmask
+print(f"{time.perf_counter() - start:.4f}")
+"""
+
+
+def time_import(repeats: int = 3) -> Measurement:
+    """Time ``import daskmask`` in fresh interpreters; keep the fastest of ``repeats``."""
+    seconds = []
+    for _ in range(repeats):
+        completed = subprocess.run(
+            [sys.executable, "-c", IMPORT_CODE], capture_output=True, text=True, check=False
+        )
+        if completed.returncode != 0:
+            return Measurement("startup", "import-daskmask", 0.0, 0.0, False, completed.stderr)
+        seconds.append(float(completed.stdout.split()[-1]))
+    return Measurement("startup", "import-daskmask", min(seconds), 0.0, True, "")
+
+
 def generate(name: str, folder: Path) -> Path:
     """Generate (once) the input ``name`` in ``folder``."""
     from daskmask.datasets import generate_epi
@@ -181,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    measurements: list[Measurement] = []
+    measurements: list[Measurement] = [time_import()]
+    print(f"import daskmask {measurements[0].seconds:.3f} s (fastest of 3)", flush=True)
     for name in args.inputs:
         path = generate(name, args.workdir)
         jobs = ["cold-read"] + (["decode-pass"] if path.suffix == ".gz" else [])
@@ -211,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"peak x{ours.peak_mib / reference.peak_mib:.2f} of nilearn",
                     flush=True,
                 )
-        if "decode-pass" in by_job:
-            ours = by_job["daskmask-zarr"]
-            ratio = ours.seconds / by_job["decode-pass"].seconds
-            print(f"{name:12s} daskmask-zarr    wall x{ratio:.2f} of one decode pass", flush=True)
+        for job in ("daskmask-memory", "daskmask-zarr"):
+            if "decode-pass" in by_job and job in by_job:
+                ratio = by_job[job].seconds / by_job["decode-pass"].seconds
+                print(f"{name:12s} {job:16s} wall x{ratio:.2f} of one decode pass", flush=True)
     print_linearity(measurements)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps([asdict(m) for m in measurements], indent=1))
-    print(f"figures written to {args.output} (cpus: {os.cpu_count()})")
+    print(f"figures written to {args.output} (cpus: {os.cpu_count()}, load {os.getloadavg()})")
+    print_table([asdict(m) for m in measurements])
     return 0
 
 

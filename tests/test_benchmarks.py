@@ -31,10 +31,16 @@ def test_benchmark_runs_every_job_on_the_walkthrough_input(tmp_path):
     results = json.loads(output.read_text())
     jobs = {entry["job"]: entry for entry in results}
     expected = {"cold-read", "decode-pass", "nilearn", "daskmask-memory", "daskmask-zarr"}
-    assert set(jobs) == expected
-    assert all(entry["ok"] and entry["seconds"] > 0 and entry["peak_mib"] > 0 for entry in results)
+    assert set(jobs) == expected | {"import-daskmask"}
+    assert all(entry["ok"] and entry["seconds"] > 0 for entry in results)
+    assert all(entry["peak_mib"] > 0 for entry in results if entry["input"] != "startup")
     # nilearn and daskmask both extracted the same number of time points and voxels
     assert jobs["nilearn"]["detail"] == jobs["daskmask-memory"]["detail"]
     assert jobs["daskmask-zarr"]["detail"] == jobs["nilearn"]["detail"]
     assert "wall x" in completed.stdout and "of one decode pass" in completed.stdout
+    # the table of issue 14's targets, with the walkthrough's ratio and the import time
+    table = completed.stdout.split("issue 14 targets", 1)[1]
+    walkthrough = next(line for line in table.splitlines() if "5 walkthrough" in line)
+    assert walkthrough.count("|") == 8 and " - |" not in walkthrough.split("|")[4]
+    assert "5 import daskmask" in table
     assert (tmp_path / "work" / "walkthrough.zarr").is_dir()

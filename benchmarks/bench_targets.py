@@ -1,0 +1,279 @@
+"""The table of issue 14's targets, from the figures of one benchmark run.
+
+``bench_masker.py`` prints it at the end of every run; to print it again from
+saved figures::
+
+    .venv/bin/python benchmarks/bench_targets.py benchmarks/results-hcp.json
+
+Targets 1-3 and 5 take their figures from the run given (ratios within that
+run). Target 4 takes the ``huge`` input from that run when it has one, else
+from ``results-huge.json``. Targets 6 and 7 are measured by other scripts
+(``bench_cluster.py``, ``bench_many_runs.py``); their latest figures are read
+from ``results-cluster.json`` and ``results-many-runs.json``, with the commit
+and date that wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HUGE = HERE / "results-huge.json"
+CLUSTER = HERE / "results-cluster.json"
+MANY_RUNS = HERE / "results-many-runs.json"
+
+#: Target 1's allowance above the result's own size (MiB).
+ALLOWANCE_MIB = 512
+
+
+@dataclass
+class Row:
+    """One figure of a target: what, measured, ratio, limit, met."""
+
+    target: str
+    figure: str
+    measured: str
+    ratio: float | None
+    limit: float
+    source: str = "this run"
+
+    @property
+    def verdict(self) -> str:
+        if self.ratio is None:
+            return "not measured"
+        return "met" if self.ratio <= self.limit else "NOT met"
+
+
+def _origin(path: Path) -> str:
+    """``path`` and the commit and date that last wrote it (git), for figures read back."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%h %cs", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        out = ""
+    return f"{path.name} ({out or 'not committed'})"
+
+
+def _result_mib(detail: str, itemsize: int = 4) -> float | None:
+    """Size of the float32 ``(time, voxels)`` result a job printed as ``(n, m)``."""
+    match = re.search(r"\((\d+), (\d+)\)", detail)
+    if not match:
+        return None
+    return int(match[1]) * int(match[2]) * itemsize / 2**20
+
+
+def _by(measurements: Iterable[dict]) -> dict[tuple[str, str], dict]:
+    return {(m["input"], m["job"]): m for m in measurements if m.get("ok")}
+
+
+def _ratio(a: dict | None, b: dict | None, key: str = "seconds") -> float | None:
+    return a[key] / b[key] if a and b and b[key] else None
+
+
+def rows(measurements: list[dict]) -> list[Row]:
+    """Every figure of targets 1-7 from one run's measurements (and the saved ones)."""
+    found = _by(measurements)
+    out: list[Row] = []
+    # 1. HCP-like .nii.gz into memory
+    gz = found.get(("hcp-gz", "daskmask-memory"))
+    decode = found.get(("hcp-gz", "decode-pass"))
+    out.append(
+        Row(
+            "1 .nii.gz in memory",
+            "wall / one isal decode pass",
+            f"{gz['seconds']:.2f} s / {decode['seconds']:.2f} s" if gz and decode else "-",
+            _ratio(gz, decode),
+            1.5,
+        )
+    )
+    for name, label in (("hcp-gz", "1 .nii.gz in memory"), ("hcp-nii", "2 .nii in memory")):
+        ours = found.get((name, "daskmask-memory"))
+        size = _result_mib(ours["detail"]) if ours else None
+        out.append(
+            Row(
+                label,
+                f"peak / (result + {ALLOWANCE_MIB} MiB)",
+                f"{ours['peak_mib']:.0f} MiB, result {size:.0f} MiB" if ours and size else "-",
+                ours["peak_mib"] / (size + ALLOWANCE_MIB) if ours and size else None,
+                1.0,
+            )
+        )
+    # 2. HCP-like .nii wall against nilearn
+    nii, nilearn = found.get(("hcp-nii", "daskmask-memory")), found.get(("hcp-nii", "nilearn"))
+    out.append(
+        Row(
+            "2 .nii in memory",
+            "wall / nilearn's",
+            f"{nii['seconds']:.2f} s / {nilearn['seconds']:.2f} s" if nii and nilearn else "-",
+            _ratio(nii, nilearn),
+            0.1,
+        )
+    )
+    # 3. to Zarr: peak against nilearn, wall against the in-memory path
+    for name in ("hcp-gz", "hcp-nii"):
+        zarr, memory = found.get((name, "daskmask-zarr")), found.get((name, "daskmask-memory"))
+        reference = found.get((name, "nilearn"))
+        out.append(
+            Row(
+                f"3 {name} to Zarr",
+                "peak / nilearn's",
+                f"{zarr['peak_mib']:.0f} / {reference['peak_mib']:.0f} MiB"
+                if zarr and reference
+                else "-",
+                _ratio(zarr, reference, "peak_mib"),
+                0.1,
+            )
+        )
+        out.append(
+            Row(
+                f"3 {name} to Zarr",
+                "wall / in-memory wall",
+                f"{zarr['seconds']:.2f} s / {memory['seconds']:.2f} s" if zarr and memory else "-",
+                _ratio(zarr, memory),
+                1.2,
+            )
+        )
+    # 4. the 30 GB run against one cold read
+    huge, source = found, "this run"
+    if ("huge", "daskmask-zarr") not in found and HUGE.exists():
+        huge, source = _by(json.loads(HUGE.read_text())), _origin(HUGE)
+    zarr, cold = huge.get(("huge", "daskmask-zarr")), huge.get(("huge", "cold-read"))
+    out.append(
+        Row(
+            "4 30 GB .nii to Zarr",
+            "wall / one cold read",
+            f"{zarr['seconds']:.1f} s / {cold['seconds']:.1f} s" if zarr and cold else "-",
+            _ratio(zarr, cold),
+            2.0,
+            source,
+        )
+    )
+    # 5. walkthrough and import
+    walk, nilearn = (
+        found.get(("walkthrough", "daskmask-memory")),
+        found.get(("walkthrough", "nilearn")),
+    )
+    out.append(
+        Row(
+            "5 walkthrough in memory",
+            "wall / nilearn's (start-up included)",
+            f"{walk['seconds']:.2f} s / {nilearn['seconds']:.2f} s" if walk and nilearn else "-",
+            _ratio(walk, nilearn),
+            0.75,
+        )
+    )
+    imported = found.get(("startup", "import-daskmask"))
+    out.append(
+        Row(
+            "5 import daskmask",
+            "seconds / 0.5 s",
+            f"{imported['seconds']:.3f} s" if imported else "-",
+            imported["seconds"] / 0.5 if imported else None,
+            1.0,
+        )
+    )
+    out.extend(_cluster_rows())
+    out.extend(_many_runs_rows())
+    return out
+
+
+def _cluster_rows() -> list[Row]:
+    """Target 6 from ``results-cluster.json`` (bench_cluster.py)."""
+    if not CLUSTER.exists():
+        return [Row("6 distributed", "results-cluster.json", "-", None, 1.3, "missing")]
+    jobs = {m["job"]: m for m in json.loads(CLUSTER.read_text()) if m.get("ok")}
+    source = _origin(CLUSTER)
+    threads = jobs.get("local-threads")
+    cluster = next(
+        (m for name, m in jobs.items() if "cluster" in name and "before" not in name), None
+    )
+    isolated, s3_threads = jobs.get("s3-isolated"), jobs.get("s3-threads")
+    return [
+        Row(
+            "6 2-worker LocalCluster",
+            "wall / threads' wall",
+            f"{cluster['seconds']:.2f} s / {threads['seconds']:.2f} s"
+            if cluster and threads
+            else "no LocalCluster job in the file",
+            _ratio(cluster, threads),
+            1.3,
+            source,
+        ),
+        Row(
+            "6 no-shared-disk cluster",
+            "wall / threads' wall (S3)",
+            f"{isolated['seconds']:.1f} s / {s3_threads['seconds']:.1f} s"
+            if isolated and s3_threads
+            else "-",
+            _ratio(isolated, s3_threads),
+            1.5,
+            source,
+        ),
+    ]
+
+
+def _many_runs_rows() -> list[Row]:
+    """Target 7 from ``results-many-runs.json`` (bench_many_runs.py)."""
+    if not MANY_RUNS.exists():
+        return [Row("7 many runs", "results-many-runs.json", "-", None, 4.2, "missing")]
+    saved = json.loads(MANY_RUNS.read_text())
+    jobs = {(m["runs"], m["job"]): m for m in saved.get("measurements", []) if m.get("ok")}
+    eight, many = jobs.get((8, "daskmask-bids")), jobs.get((32, "daskmask-bids"))
+    source = _origin(MANY_RUNS)
+    return [
+        Row(
+            "7 many runs (threads)",
+            "wall 32 runs / 8 runs",
+            f"{many['seconds']:.2f} s / {eight['seconds']:.2f} s" if eight and many else "-",
+            _ratio(many, eight),
+            4.2,
+            source,
+        ),
+        Row(
+            "7 many runs (threads)",
+            "peak 32 runs / 8 runs (same peak)",
+            f"{many['peak_mib']:.0f} / {eight['peak_mib']:.0f} MiB" if eight and many else "-",
+            _ratio(many, eight, "peak_mib"),
+            1.1,
+            source,
+        ),
+    ]
+
+
+def print_table(measurements: list[dict]) -> list[Row]:
+    """Print the issue 14 targets table (Markdown) and return its rows."""
+    table = rows(measurements)
+    print("\nissue 14 targets")
+    print("| target | figure | measured | ratio | limit | | figures from |")
+    print("|---|---|---|---|---|---|---|")
+    for row in table:
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
+        print(
+            f"| {row.target} | {row.figure} | {row.measured} | {ratio} | "
+            f"<= {row.limit:g} | {row.verdict} | {row.source} |",
+            flush=True,
+        )
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table from a saved results file."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0]) if args else HERE / "results.json"
+    print_table(json.loads(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
