@@ -81,22 +81,31 @@ def _ratio(a: dict | None, b: dict | None, key: str = "seconds") -> float | None
     return a[key] / b[key] if a and b and b[key] else None
 
 
+def _versus(
+    target: str,
+    figure: str,
+    ours: dict | None,
+    reference: dict | None,
+    limit: float,
+    key: str = "seconds",
+    source: str = "this run",
+) -> Row:
+    """A row whose ratio is ``ours[key] / reference[key]``."""
+    unit, digits = ("s", 2) if key == "seconds" else ("MiB", 0)
+    measured = (
+        f"{ours[key]:.{digits}f} {unit} / {reference[key]:.{digits}f} {unit}"
+        if ours and reference
+        else "-"
+    )
+    return Row(target, figure, measured, _ratio(ours, reference, key), limit, source)
+
+
 def rows(measurements: list[dict]) -> list[Row]:
     """Every figure of targets 1-7 from one run's measurements (and the saved ones)."""
     found = _by(measurements)
-    out: list[Row] = []
-    # 1. HCP-like .nii.gz into memory
-    gz = found.get(("hcp-gz", "daskmask-memory"))
+    gz_memory = found.get(("hcp-gz", "daskmask-memory"))
     decode = found.get(("hcp-gz", "decode-pass"))
-    out.append(
-        Row(
-            "1 .nii.gz in memory",
-            "wall / one isal decode pass",
-            f"{gz['seconds']:.2f} s / {decode['seconds']:.2f} s" if gz and decode else "-",
-            _ratio(gz, decode),
-            1.5,
-        )
-    )
+    out = [_versus("1 .nii.gz in memory", "wall / one isal decode pass", gz_memory, decode, 1.5)]
     for name, label in (("hcp-gz", "1 .nii.gz in memory"), ("hcp-nii", "2 .nii in memory")):
         ours = found.get((name, "daskmask-memory"))
         size = _result_mib(ours["detail"]) if ours else None
@@ -109,67 +118,42 @@ def rows(measurements: list[dict]) -> list[Row]:
                 1.0,
             )
         )
-    # 2. HCP-like .nii wall against nilearn
-    nii, nilearn = found.get(("hcp-nii", "daskmask-memory")), found.get(("hcp-nii", "nilearn"))
     out.append(
-        Row(
+        _versus(
             "2 .nii in memory",
             "wall / nilearn's",
-            f"{nii['seconds']:.2f} s / {nilearn['seconds']:.2f} s" if nii and nilearn else "-",
-            _ratio(nii, nilearn),
+            found.get(("hcp-nii", "daskmask-memory")),
+            found.get(("hcp-nii", "nilearn")),
             0.1,
         )
     )
-    # 3. to Zarr: peak against nilearn, wall against the in-memory path
     for name in ("hcp-gz", "hcp-nii"):
-        zarr, memory = found.get((name, "daskmask-zarr")), found.get((name, "daskmask-memory"))
-        reference = found.get((name, "nilearn"))
+        zarr = found.get((name, "daskmask-zarr"))
+        nilearn = found.get((name, "nilearn"))
+        memory = found.get((name, "daskmask-memory"))
         out.append(
-            Row(
-                f"3 {name} to Zarr",
-                "peak / nilearn's",
-                f"{zarr['peak_mib']:.0f} / {reference['peak_mib']:.0f} MiB"
-                if zarr and reference
-                else "-",
-                _ratio(zarr, reference, "peak_mib"),
-                0.1,
-            )
+            _versus(f"3 {name} to Zarr", "peak / nilearn's", zarr, nilearn, 0.1, key="peak_mib")
         )
-        out.append(
-            Row(
-                f"3 {name} to Zarr",
-                "wall / in-memory wall",
-                f"{zarr['seconds']:.2f} s / {memory['seconds']:.2f} s" if zarr and memory else "-",
-                _ratio(zarr, memory),
-                1.2,
-            )
-        )
-    # 4. the 30 GB run against one cold read
+        out.append(_versus(f"3 {name} to Zarr", "wall / in-memory wall", zarr, memory, 1.2))
     huge, source = found, "this run"
     if ("huge", "daskmask-zarr") not in found and HUGE.exists():
         huge, source = _by(json.loads(HUGE.read_text())), _origin(HUGE)
-    zarr, cold = huge.get(("huge", "daskmask-zarr")), huge.get(("huge", "cold-read"))
     out.append(
-        Row(
+        _versus(
             "4 30 GB .nii to Zarr",
             "wall / one cold read",
-            f"{zarr['seconds']:.1f} s / {cold['seconds']:.1f} s" if zarr and cold else "-",
-            _ratio(zarr, cold),
+            huge.get(("huge", "daskmask-zarr")),
+            huge.get(("huge", "cold-read")),
             2.0,
-            source,
+            source=source,
         )
     )
-    # 5. walkthrough and import
-    walk, nilearn = (
-        found.get(("walkthrough", "daskmask-memory")),
-        found.get(("walkthrough", "nilearn")),
-    )
     out.append(
-        Row(
+        _versus(
             "5 walkthrough in memory",
             "wall / nilearn's (start-up included)",
-            f"{walk['seconds']:.2f} s / {nilearn['seconds']:.2f} s" if walk and nilearn else "-",
-            _ratio(walk, nilearn),
+            found.get(("walkthrough", "daskmask-memory")),
+            found.get(("walkthrough", "nilearn")),
             0.75,
         )
     )
@@ -183,9 +167,7 @@ def rows(measurements: list[dict]) -> list[Row]:
             1.0,
         )
     )
-    out.extend(_cluster_rows())
-    out.extend(_many_runs_rows())
-    return out
+    return out + _cluster_rows() + _many_runs_rows()
 
 
 def _cluster_rows() -> list[Row]:
@@ -194,31 +176,25 @@ def _cluster_rows() -> list[Row]:
         return [Row("6 distributed", "results-cluster.json", "-", None, 1.3, "missing")]
     jobs = {m["job"]: m for m in json.loads(CLUSTER.read_text()) if m.get("ok")}
     source = _origin(CLUSTER)
-    threads = jobs.get("local-threads")
     cluster = next(
         (m for name, m in jobs.items() if "cluster" in name and "before" not in name), None
     )
-    isolated, s3_threads = jobs.get("s3-isolated"), jobs.get("s3-threads")
     return [
-        Row(
+        _versus(
             "6 2-worker LocalCluster",
             "wall / threads' wall",
-            f"{cluster['seconds']:.2f} s / {threads['seconds']:.2f} s"
-            if cluster and threads
-            else "no LocalCluster job in the file",
-            _ratio(cluster, threads),
+            cluster,
+            jobs.get("local-threads"),
             1.3,
-            source,
+            source=source,
         ),
-        Row(
+        _versus(
             "6 no-shared-disk cluster",
             "wall / threads' wall (S3)",
-            f"{isolated['seconds']:.1f} s / {s3_threads['seconds']:.1f} s"
-            if isolated and s3_threads
-            else "-",
-            _ratio(isolated, s3_threads),
+            jobs.get("s3-isolated"),
+            jobs.get("s3-threads"),
             1.5,
-            source,
+            source=source,
         ),
     ]
 
@@ -232,20 +208,14 @@ def _many_runs_rows() -> list[Row]:
     eight, many = jobs.get((8, "daskmask-bids")), jobs.get((32, "daskmask-bids"))
     source = _origin(MANY_RUNS)
     return [
-        Row(
+        _versus("7 many runs (threads)", "wall 32 runs / 8 runs", many, eight, 4.2, source=source),
+        _versus(
             "7 many runs (threads)",
-            "wall 32 runs / 8 runs",
-            f"{many['seconds']:.2f} s / {eight['seconds']:.2f} s" if eight and many else "-",
-            _ratio(many, eight),
-            4.2,
-            source,
-        ),
-        Row(
-            "7 many runs (threads)",
-            "peak 32 runs / 8 runs (same peak)",
-            f"{many['peak_mib']:.0f} / {eight['peak_mib']:.0f} MiB" if eight and many else "-",
-            _ratio(many, eight, "peak_mib"),
+            "peak 32 runs / 8 runs (same peak: <= 1.1)",
+            many,
+            eight,
             1.1,
+            "peak_mib",
             source,
         ),
     ]
