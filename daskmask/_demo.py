@@ -170,11 +170,14 @@ def _scheduler(scheduler: str | None, reason: str = "") -> Iterator[None]:
         with dask.config.set(scheduler="threads"):
             yield
         return
+    previous = _current_client()
     try:
         client = connect(cluster=scheduler) if scheduler in CLUSTER_KINDS else connect(scheduler)
     except DaskmaskError:
+        _forget_failed_client(previous)
         raise
     except (OSError, ValueError) as error:
+        _forget_failed_client(previous)
         raise ClusterConfigError(
             f"Cannot compute on {scheduler!r} ({error}); give 'threads', "
             f"{', '.join(repr(kind) for kind in CLUSTER_KINDS)} or a scheduler address such "
@@ -183,6 +186,29 @@ def _scheduler(scheduler: str | None, reason: str = "") -> Iterator[None]:
     with client:
         print(dashboard_message(client) or "Dask dashboard: none", flush=True)
         yield
+
+
+def _current_client() -> Any:
+    """Return distributed's current Client, or None."""
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def _forget_failed_client(previous: Any) -> None:
+    """Close the Client a failed connection left behind, if any.
+
+    distributed's ``Client(address)`` makes itself the default client and sets dask's
+    scheduler to it before it tries to connect; when the connection fails, both stay, and
+    every later computation in this process (the caller's, after the demo reported the
+    failure) would go to a scheduler that does not exist.
+    """
+    failed = _current_client()
+    if failed is not None and failed is not previous:
+        failed.close()
 
 
 def _describe(label: str, path: str | os.PathLike[str]) -> str:

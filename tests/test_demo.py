@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -101,10 +102,14 @@ def test_a_failing_setting_is_reported_and_the_others_run(environment, tmp_path,
 
 
 def test_an_unusable_scheduler_is_an_error_without_traceback(environment, capsys) -> None:
+    before = _demo._current_client()
     status = main(["demo", "--scheduler", "tcp://nowhere"])
     captured = capsys.readouterr()
     assert status == 1
     assert "ClusterConfigError" in captured.err and "'threads', 'local'" in captured.err
+    # The failed connection leaves no default client behind: this process computes on.
+    assert _demo._current_client() is before
+    assert da.ones(4, chunks=2).sum().compute() == 4
 
 
 @pytest.mark.parametrize(
