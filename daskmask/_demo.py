@@ -23,7 +23,7 @@ import numpy as np
 
 from daskmask.cluster import CLUSTER_KINDS, SCHEDULER_ENV_VAR, connect, dashboard_message
 from daskmask.datasets import load_walkthrough_runs
-from daskmask.exceptions import BoundingBoxError, ClusterConfigError, DaskmaskError
+from daskmask.exceptions import BoundingBoxError, ClusterConfigError
 from daskmask.maskers import NiftiMasker
 from daskmask.reading import open_nifti
 from daskmask.storage import open_results, save
@@ -170,14 +170,9 @@ def _scheduler(scheduler: str | None, reason: str = "") -> Iterator[None]:
         with dask.config.set(scheduler="threads"):
             yield
         return
-    previous = _current_client()
     try:
         client = connect(cluster=scheduler) if scheduler in CLUSTER_KINDS else connect(scheduler)
-    except DaskmaskError:
-        _forget_failed_client(previous)
-        raise
     except (OSError, ValueError) as error:
-        _forget_failed_client(previous)
         raise ClusterConfigError(
             f"Cannot compute on {scheduler!r} ({error}); give 'threads', "
             f"{', '.join(repr(kind) for kind in CLUSTER_KINDS)} or a scheduler address such "
@@ -186,29 +181,6 @@ def _scheduler(scheduler: str | None, reason: str = "") -> Iterator[None]:
     with client:
         print(dashboard_message(client) or "Dask dashboard: none", flush=True)
         yield
-
-
-def _current_client() -> Any:
-    """Return distributed's current Client, or None."""
-    from distributed import Client
-
-    try:
-        return Client.current(allow_global=True)
-    except ValueError:
-        return None
-
-
-def _forget_failed_client(previous: Any) -> None:
-    """Close the Client a failed connection left behind, if any.
-
-    distributed's ``Client(address)`` makes itself the default client and sets dask's
-    scheduler to it before it tries to connect; when the connection fails, both stay, and
-    every later computation in this process (the caller's, after the demo reported the
-    failure) would go to a scheduler that does not exist.
-    """
-    failed = _current_client()
-    if failed is not None and failed is not previous:
-        failed.close()
 
 
 def _describe(label: str, path: str | os.PathLike[str]) -> str:

@@ -187,7 +187,7 @@ def connect(
                 "scheduler must be a distributed.Client, an address string such as "
                 f"'tcp://host:8786', or None; got {type(address).__name__}."
             )
-        return Client(address)
+        return _client_at(address)
     if cluster in JOBQUEUE_CLASSES:
         _refuse_local_options(cluster, n_workers, threads_per_worker, memory_limit)
         started = _start_jobqueue(cluster, processes, dashboard_address, overrides)
@@ -404,6 +404,29 @@ def _forget_kube_clusters(operator: Any, before: set[Any]) -> None:
 
 
 # --- the returned client owns the cluster ------------------------------------------------------
+
+
+def _client_at(address: str) -> Client:
+    """Connect a Client to the scheduler at ``address``; a failed attempt leaves nothing behind.
+
+    distributed's ``Client(address)`` makes itself the process's default client before it
+    connects; when the connection fails it stays the default, and every later computation
+    in the process (a notebook's next cell) goes to a scheduler that does not exist.
+    """
+    try:
+        previous: Client | None = Client.current(allow_global=True)
+    except ValueError:
+        previous = None
+    try:
+        return Client(address)
+    except BaseException:
+        try:
+            leftover: Client | None = Client.current(allow_global=True)
+        except ValueError:
+            leftover = None
+        if leftover is not None and leftover is not previous:
+            leftover.close()
+        raise
 
 
 class _ClusterClient(Client):

@@ -200,3 +200,15 @@ def test_dashboard_link_and_message(monkeypatch):
         assert dashboard_message(client) == f"Dask dashboard: {link}"  # no tunnel on this machine
         with urllib.request.urlopen(link, timeout=10) as answer:
             assert answer.status == 200
+
+
+def test_a_failed_connection_leaves_no_default_client() -> None:
+    """distributed's Client makes itself the default before it connects; connect undoes that."""
+    with pytest.raises((OSError, ValueError)):
+        dm.connect("tcp://nowhere")
+    with pytest.raises(ValueError):
+        Client.current(allow_global=True)
+    # This process still computes on its own threads.
+    import dask.array as da
+
+    assert da.ones(4, chunks=2).sum().compute() == 4
