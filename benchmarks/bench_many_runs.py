@@ -81,21 +81,25 @@ signals = Parallel(n_jobs=2)(
 )
 print(len(signals), signals[0].shape)
 """,
+    # The command as its script runs it (``daskmask bids ...``: main() reads sys.argv and
+    # ends the process itself), not main([...]) as a caller inside its own process would.
     "daskmask-bids": """
 import sys
 from daskmask.cli import main
-sys.exit(main([
-    "bids", ROOT, OUT, "--mask", "epi", "--detrend", "--standardize", "zscore_sample",
-    "--confounds-strategy", "simple", "--force",
-]))
+sys.argv = [
+    "daskmask", "bids", ROOT, OUT, "--mask", "epi", "--detrend", "--standardize",
+    "zscore_sample", "--confounds-strategy", "simple", "--force",
+]
+sys.exit(main())
 """,
     "daskmask-bids-local": """
 import sys
 from daskmask.cli import main
-sys.exit(main([
-    "bids", ROOT, OUT, "--mask", "epi", "--detrend", "--standardize", "zscore_sample",
-    "--confounds-strategy", "simple", "--scheduler", "local", "--force",
-]))
+sys.argv = [
+    "daskmask", "bids", ROOT, OUT, "--mask", "epi", "--detrend", "--standardize",
+    "zscore_sample", "--confounds-strategy", "simple", "--scheduler", "local", "--force",
+]
+sys.exit(main())
 """,
 }
 

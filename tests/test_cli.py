@@ -131,6 +131,47 @@ def test_default_scheduler_rule(monkeypatch) -> None:
     assert choose_scheduler("threads", [item(10), item(20)]) == "threads"
 
 
+def test_the_program_ends_as_python_would(dataset: Path, tmp_path: Path) -> None:
+    """Run as the program (no argv), the command skips the interpreter's teardown but still
+    waits for its threads, runs the atexit handlers, flushes its output and keeps its status."""
+    import subprocess
+    import sys
+
+    def program(*args: str, summary: Path) -> subprocess.CompletedProcess:
+        code = (
+            "import atexit, os, sys, threading, time\n"
+            "atexit.register(lambda: print('atexit handler ran', flush=False))\n"
+            # a thread still running when the command is done: the program waits for it
+            "def late():\n"
+            f"    while not os.path.exists({str(summary)!r}): time.sleep(0.05)\n"
+            "    time.sleep(1.0)\n"
+            "    print('thread finished')\n"
+            "threading.Thread(target=late, daemon=False).start()\n"
+            "from daskmask.cli import main\n"
+            f"sys.argv = ['daskmask', *{list(args)!r}]\n"
+            "sys.exit(main())\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+
+    output = tmp_path / "out"
+    summary = output / "daskmask_summary.tsv"
+    done = program("bids", str(dataset), str(output), "--participant-label", "01", summary=summary)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-2:] == ["thread finished", "atexit handler ran"]
+    assert "1 runs: 1 done" in done.stdout
+    assert summary_rows(output)
+    # no scratch of the run is left behind in the output folder
+    assert not [p for p in output.rglob("*") if p.name.startswith("daskmask-")]
+    failed = program(
+        "bids", str(dataset), str(tmp_path / "out2"), "--participant-label", "99", summary=summary
+    )
+    assert failed.returncode != 0
+    assert "atexit handler ran" in failed.stdout
+
+
 # ------------------------------------------------------------------ parity
 
 
