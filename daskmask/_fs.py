@@ -27,6 +27,7 @@ import glob as _glob
 import json
 import os
 import stat as _stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -306,9 +307,172 @@ _HEADS: OrderedDict[tuple[Location, int, str], bytes] = OrderedDict()
 _HEADS_SIZE = 64
 _HEADS_LOCK = threading.Lock()
 
+#: Seconds the GET that read an object's first bytes stays open for a pass
+#: from byte 0 to continue (:func:`take_parked_stream`); then it is closed.
+PARKED_STREAM_SECONDS = 10.0
+
+
+@dataclass
+class ParkedStream:
+    """A streamed GET of an object, its first bytes read, waiting to be continued.
+
+    ``head`` holds bytes ``0:len(head)``; the stream's next byte is ``len(head)``.
+    """
+
+    location: Location
+    #: ``(size, version)`` of the object when the GET was sent.
+    version: tuple[int, str]
+    head: bytes
+    stream: Any
+    fs: Any
+    pid: int = field(default_factory=os.getpid)
+
+    def close(self) -> None:
+        """Close the stream (and the response body it holds)."""
+        close_streamed(self.fs, self.stream)
+
+
+#: At most one parked stream per object, in this process.
+_PARKED: dict[Location, ParkedStream] = {}
+
+
+def open_streamed(fs: Any, path: str) -> Any:
+    """Return ``fs``'s streamed reader of ``path`` (``open_async``: one GET), or None."""
+    if not getattr(fs, "async_impl", False):
+        return None
+    from fsspec.asyn import sync
+
+    try:
+        return sync(fs.loop, fs.open_async, path, "rb")
+    except (NotImplementedError, ValueError):
+        return None
+
+
+async def _close_stream(stream: Any) -> None:
+    # s3fs's streamed file does not close its body itself: a body not read to
+    # its end would keep its connection.
+    body = getattr(stream, "r", None)
+    if body is not None:
+        body.close()
+    await stream.close()
+
+
+def close_streamed(fs: Any, stream: Any) -> None:
+    """Close a stream of :func:`open_streamed`, and the response body it holds."""
+    from fsspec.asyn import sync
+
+    with contextlib.suppress(Exception):
+        sync(fs.loop, _close_stream, stream, timeout=10)
+
+
+async def fill_from_stream(stream: Any, view: memoryview, piece: int = 8 << 20) -> int:
+    """Fill ``view`` from an fsspec async streamed file; fewer bytes only at its end."""
+    filled = 0
+    while filled < len(view):
+        chunk = await stream.read(min(len(view) - filled, piece))
+        if not chunk:
+            break
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return filled
+
+
+def _distributed_client_active() -> bool:
+    """Whether a ``distributed.Client`` computes this process's graphs."""
+    if "distributed" not in sys.modules:  # never import distributed just to ask
+        return False
+    from distributed import default_client
+
+    try:
+        default_client()
+    except ValueError:
+        return False
+    return True
+
+
+def _head_from_stream(location: Location, stat: FileStat) -> bytes | None:
+    """Read an object's first bytes with a streamed GET and park it; None if not worth it.
+
+    Worth it when this process may go on to read the object from its first
+    byte (dask's threads: ``fit`` streams a ``.nii`` once, or inflates a
+    ``.nii.gz``), so that one GET serves the header and the pass. Under a
+    distributed client the workers read the data, and a small ranged read is
+    all the client needs.
+    """
+    if stat.size <= HEAD_BYTES or _distributed_client_active():
+        return None
+    with storage_errors(location.url):
+        fs = location.fs
+        stream = open_streamed(fs, location.path)
+    if stream is None:
+        return None
+    from fsspec.asyn import sync
+
+    head = bytearray(HEAD_BYTES)
+    try:
+        filled = sync(fs.loop, fill_from_stream, stream, memoryview(head))
+    except Exception:  # the ranged read that replaces it reports the failure, typed
+        close_streamed(fs, stream)
+        return None
+    if filled != HEAD_BYTES:
+        close_streamed(fs, stream)
+        return None
+    parked = ParkedStream(location, (stat.size, stat.version), bytes(head), stream, fs)
+    with _HEADS_LOCK:
+        previous = _PARKED.pop(location, None)
+        _PARKED[location] = parked
+    if previous is not None:
+        previous.close()
+    timer = threading.Timer(PARKED_STREAM_SECONDS, _expire, (parked,))
+    timer.daemon = True
+    timer.start()
+    return parked.head
+
+
+def _expire(parked: ParkedStream) -> None:
+    """Close a parked stream nobody continued."""
+    with _HEADS_LOCK:
+        if _PARKED.get(parked.location) is not parked:
+            return
+        del _PARKED[parked.location]
+    parked.close()
+
+
+def take_parked_stream(location: Location) -> ParkedStream | None:
+    """Hand over the parked GET of ``location`` (its first bytes read), if there is one.
+
+    The caller continues the stream from ``len(parked.head)`` and closes it.
+    The stream serves the object version that was current when
+    :func:`object_head` read it (``parked.version``); a pass checks the
+    version recorded at open before and after reading, as for a fresh GET.
+
+    Parameters
+    ----------
+    location : daskmask._fs.Location
+        The object.
+
+    Returns
+    -------
+    ParkedStream or None
+        None when no stream is parked for it in this process (expired, taken,
+        never opened, or opened by the process this one was forked from).
+
+    """
+    with _HEADS_LOCK:
+        parked = _PARKED.get(location)
+        if parked is None or parked.pid != os.getpid():
+            return None
+        del _PARKED[location]
+    return parked
+
 
 def object_head(location: Location, stat: FileStat | None = None) -> bytes:
     """Return the first bytes of an object (up to 64 KiB), read once per version.
+
+    Without a distributed client, they are read by a streamed GET that stays
+    open for :data:`PARKED_STREAM_SECONDS` (see :func:`take_parked_stream`):
+    the pass that ``fit`` makes from the first byte continues it instead of
+    sending a GET of its own. Otherwise one small ranged read.
 
     Parameters
     ----------
@@ -330,7 +494,9 @@ def object_head(location: Location, stat: FileStat | None = None) -> bytes:
         if head is not None:
             _HEADS.move_to_end(key)
             return head
-    head = location.read_range(0, min(stat.size, HEAD_BYTES))
+    head = _head_from_stream(location, stat)
+    if head is None:
+        head = location.read_range(0, min(stat.size, HEAD_BYTES))
     with _HEADS_LOCK:
         _HEADS[key] = head
         while len(_HEADS) > _HEADS_SIZE:

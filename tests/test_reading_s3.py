@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import threading
+import time
 from pathlib import Path
 
 import dask
@@ -213,6 +214,8 @@ class _ServedBytes:
         self.process = psutil.Process()
         self.to_this_process = 0
         self.to_others = 0
+        #: GET requests from this process.
+        self.gets_from_this_process = 0
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
@@ -228,6 +231,7 @@ class _ServedBytes:
             with self.lock:
                 if mine:
                     self.to_this_process += size
+                    self.gets_from_this_process += 1
                 else:
                     self.to_others += size
         return chunks
@@ -324,14 +328,46 @@ def test_threads_download_a_nii_object_once(counting_s3, tmp_path, given):
     expected = dm.NiftiMasker(mask_strategy="epi").fit_transform(local)
     options = {"daskmask.storage-options": {"s3": server.storage_options}}
     with dask.config.set(options, scheduler="threads"):
-        source = url if given == "url" else dm.open_nifti(url)
+        # Counted from the open: its GET of the first bytes goes on into fit's pass.
         before = counter.to_this_process
+        source = url if given == "url" else dm.open_nifti(url)
         signals = dm.NiftiMasker(mask_strategy="epi").fit_transform(source)
         values = np.asarray(signals)
         served = counter.to_this_process - before
     assert values.tobytes() == np.asarray(expected).tobytes()
     # The data once (a few header reads on top), not once for fit and once more for transform.
     assert size <= served < size + (256 << 10), (served, size)
+
+
+@pytest.mark.timeout(60)
+def test_first_bytes_and_the_pass_from_byte_0_share_one_get(counting_s3, monkeypatch):
+    """object_head's streamed GET goes on into open_sequential; unused, it is closed."""
+    from daskmask import _fs
+    from daskmask._fs import locate, object_head, take_parked_stream
+    from daskmask.reading._array import open_sequential
+
+    server, counter = counting_s3
+    bucket = server.new_bucket()
+    payload = np.random.default_rng(1).integers(0, 255, 3_000_000, np.uint8).tobytes()
+    server.filesystem().pipe(f"{bucket}/blob", payload)
+    location = locate(f"s3://{bucket}/blob", server.storage_options)
+    before = counter.gets_from_this_process
+    assert object_head(location) == payload[: _fs.HEAD_BYTES]
+    with open_sequential(location) as stream:
+        pieces = [stream.read(10), stream.read(100_000), stream.read()]
+    assert b"".join(pieces) == payload
+    assert counter.gets_from_this_process - before == 1
+    # Nobody continues it: closed after PARKED_STREAM_SECONDS, and a pass sends its own GET.
+    monkeypatch.setattr(_fs, "PARKED_STREAM_SECONDS", 0.2)
+    changed = payload[::-1]
+    server.filesystem().pipe(f"{bucket}/blob", changed)
+    assert object_head(location) == changed[: _fs.HEAD_BYTES]
+    time.sleep(0.6)
+    assert take_parked_stream(location) is None
+    before = counter.gets_from_this_process
+    with open_sequential(location, 1_000_001) as stream:
+        assert stream.read() == changed[:1_000_001]
+    assert counter.gets_from_this_process - before == 1
 
 
 @pytest.mark.timeout(60)

@@ -27,7 +27,6 @@ combined CRC32 is compared with the gzip trailer (see
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import math
@@ -47,7 +46,14 @@ from nibabel.volumeutils import apply_read_scaling
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from daskmask._fs import Location, storage_errors
+from daskmask._fs import (
+    Location,
+    close_streamed,
+    fill_from_stream,
+    open_streamed,
+    storage_errors,
+    take_parked_stream,
+)
 from daskmask.exceptions import (
     InputChangedError,
     NiftiReadError,
@@ -179,9 +185,15 @@ class _SequentialObject(io.RawIOBase):
         self._location = location
         self._limit = nbytes
         self._position = 0
-        with storage_errors(self.url):
-            fs = location.fs
-            self._stream = _open_streamed(fs, location.path)
+        # The GET that read the object's first bytes, when it is still open.
+        parked = take_parked_stream(location)
+        self._prefix = parked.head if parked is not None else b""
+        if parked is not None:
+            fs, self._stream = parked.fs, parked.stream
+        else:
+            with storage_errors(self.url):
+                fs = location.fs
+                self._stream = open_streamed(fs, location.path)
         self._fs = fs
         # Ranged fallback: the piece being consumed and the next one in flight.
         self._piece = b""
@@ -203,12 +215,23 @@ class _SequentialObject(io.RawIOBase):
             view = view[: max(0, self._limit - self._position)]
         if not len(view):
             return 0
+        if self._position < len(self._prefix):
+            count = min(len(view), len(self._prefix) - self._position)
+            view[:count] = self._prefix[self._position : self._position + count]
+            self._position += count
+            return count
         try:
             with storage_errors(self.url):
                 if self._stream is not None:
                     from fsspec.asyn import sync
 
-                    filled = sync(self._fs.loop, _fill_from_stream, self._stream, view)
+                    filled = sync(
+                        self._fs.loop,
+                        fill_from_stream,
+                        self._stream,
+                        view,
+                        _SEQUENTIAL_BUFFER_BYTES,
+                    )
                 else:
                     filled = self._fill_from_ranges(view)
         except StorageError:
@@ -252,45 +275,8 @@ class _SequentialObject(io.RawIOBase):
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True, cancel_futures=True)
         if self._stream is not None:
-            from fsspec.asyn import sync
-
-            with contextlib.suppress(Exception):
-                sync(self._fs.loop, _close_stream, self._stream, timeout=10)
+            close_streamed(self._fs, self._stream)
         super().close()
-
-
-def _open_streamed(fs: Any, path: str) -> Any:
-    """Return ``fs``'s streamed reader of ``path`` (``open_async``), or None."""
-    if not getattr(fs, "async_impl", False):
-        return None
-    from fsspec.asyn import sync
-
-    try:
-        return sync(fs.loop, fs.open_async, path, "rb")
-    except (NotImplementedError, ValueError):
-        return None
-
-
-async def _close_stream(stream: Any) -> None:
-    """Close an fsspec async streamed file, and the response body it holds (``r``)."""
-    # s3fs's streamed file does not close its body itself: a body not read to
-    # its end would keep its connection.
-    body = getattr(stream, "r", None)
-    if body is not None:
-        body.close()
-    await stream.close()
-
-
-async def _fill_from_stream(stream: Any, view: memoryview) -> int:
-    """Fill ``view`` from an fsspec async streamed file; fewer bytes only at its end."""
-    filled = 0
-    while filled < len(view):
-        chunk = await stream.read(min(len(view) - filled, _SEQUENTIAL_BUFFER_BYTES))
-        if not chunk:
-            break
-        view[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return filled
 
 
 def current_version(location: Location) -> ObjectVersion:
