@@ -34,17 +34,22 @@ single worker. Ratios against ``local-threads`` close the table.
 Results (``--output``, default ``benchmarks/results-cluster.json``)::
 
     {"schema": "daskmask-bench-cluster/2",
-     "load": {"before": [1, 5, 15 min], "after": [...]}, "cpus": 2,
+     "load": {"before": [1, 5, 15 min], "after": [...]}, "cpus": 2, "repeat": n,
      "jobs": [{"job": "s3-threads", "server": "s3rver" | "moto" | null,
                "seconds": wall, "work_s": work, "peak_mib": tree peak,
                "peak_worker_mib": largest worker, "ok": bool, "detail": str}, ...],
+     "runs": [every run, same fields],
      "ratios": [{"job": ..., "server": ..., "wall_x": wall / local-threads wall,
                  "work_x": ..., "peak_x": ...}, ...]}
+
+``jobs`` holds one entry per (job, server): the median of its runs (``--repeat``);
+``ratios`` compares those medians with ``local-threads``.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_cluster.py [--baseline 8ac0e90] [--timepoints 1200]
         [--s3-server moto s3rver] [--jobs local-threads local-cluster s3-threads s3-isolated]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,6 +244,33 @@ def _print(measurement: Measurement) -> None:
     )
 
 
+def median_measurements(measurements: list[Measurement]) -> list[Measurement]:
+    """One measurement per (job, server): the median wall, work and peaks of its runs."""
+    groups: dict[tuple[str, str | None], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.job, m.server), []).append(m)
+    medians = []
+    for (job, server), runs in groups.items():
+        ok = [m for m in runs if m.ok]
+        if not ok:
+            medians.append(runs[-1])
+            continue
+        works = [m.work_s for m in ok if m.work_s is not None]
+        medians.append(
+            Measurement(
+                job,
+                round(statistics.median(m.seconds for m in ok), 2),
+                round(statistics.median(m.peak_mib for m in ok), 1),
+                round(statistics.median(m.peak_worker_mib for m in ok), 1),
+                len(ok) == len(runs),
+                ok[-1].detail,
+                server,
+                round(statistics.median(works), 2) if works else None,
+            )
+        )
+    return medians
+
+
 def ratios(measurements: list[Measurement]) -> list[dict]:
     """Wall, work and peak of every job against ``local-threads`` of the same session."""
     reference = next((m for m in measurements if m.job == "local-threads" and m.ok), None)
@@ -277,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", nargs="+", choices=JOBS, default=list(JOBS),
         help="jobs to run (local-threads-before needs --baseline)",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="runs of each job, interleaved (the table keeps the median); s3-isolated on moto "
+        "runs once (minutes a run)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/daskmask-bench"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results-cluster.json"))
     args = parser.parse_args(argv)
@@ -291,36 +329,50 @@ def main(argv: list[str] | None = None) -> int:
         measurements.append(measurement)
         _print(measurement)
 
+    servers: dict[str, tuple[RunningServer, str]] = {}
     try:
         local_out = str(scratch / "local.zarr")
-        if "local-threads" in args.jobs:
-            record(run_job("local-threads", str(path), local_out, None))
-        if args.baseline and "local-threads-before" in args.jobs:
-            tree = baseline_worktree(args.baseline, args.workdir)
-            before_out = str(scratch / "before.zarr")
-            record(
-                run_job("local-threads-before", str(path), before_out, None, pythonpath=str(tree))
-            )
-        if "local-cluster" in args.jobs:
-            record(run_job("local-cluster", str(path), local_out, None, "local-cluster"))
-        for kind in args.s3_server:
-            if not {"s3-threads", "s3-isolated"} & set(args.jobs):
-                break
-            server, url = serve_run(kind, args.workdir, path)
-            options = server.storage_options
-            try:
+        tree = (
+            baseline_worktree(args.baseline, args.workdir)
+            if args.baseline and "local-threads-before" in args.jobs
+            else None
+        )
+        if {"s3-threads", "s3-isolated"} & set(args.jobs):
+            for kind in args.s3_server:
+                servers[kind] = serve_run(kind, args.workdir, path)
+        for attempt in range(args.repeat):
+            if "local-threads" in args.jobs:
+                record(run_job("local-threads", str(path), local_out, None))
+            if tree is not None:
+                before_out = str(scratch / "before.zarr")
+                record(
+                    run_job(
+                        "local-threads-before", str(path), before_out, None, pythonpath=str(tree)
+                    )
+                )
+            if "local-cluster" in args.jobs:
+                record(run_job("local-cluster", str(path), local_out, None, "local-cluster"))
+            for kind, (server, url) in servers.items():
+                os.environ.update(server.environment)
+                options = server.storage_options
                 if "s3-threads" in args.jobs:
                     out = "s3://bench/threads.zarr"
                     record(run_job("s3-threads", url, out, options, server=kind))
-                if "s3-isolated" in args.jobs and can_unshare():
+                once = kind == "moto" and attempt > 0
+                if "s3-isolated" in args.jobs and can_unshare() and not once:
                     record(_isolated_job(scratch, url, options, kind))
-            finally:
-                server.stop()
-                remove_s3rver_data(server, args.workdir)
     finally:
+        for server, _ in servers.values():
+            server.stop()
+            remove_s3rver_data(server, args.workdir)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    rows = ratios(measurements)
+    medians = median_measurements(measurements)
+    if args.repeat > 1:
+        print("medians:")
+        for measurement in medians:
+            _print(measurement)
+    rows = ratios(medians)
     for row in rows:
         where = f"[{row['server']}]" if row["server"] else ""
         print(
@@ -333,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         "schema": SCHEMA,
         "load": {"before": load_before, "after": list(os.getloadavg())},
         "cpus": os.cpu_count(),
-        "jobs": [asdict(m) for m in measurements],
+        "repeat": args.repeat,
+        "jobs": [asdict(m) for m in medians],
+        "runs": [asdict(m) for m in measurements],
         "ratios": rows,
     }
     args.output.write_text(json.dumps(document, indent=1) + "\n")
