@@ -27,13 +27,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _s3 import start_moto_process  # noqa: E402
+from _s3 import start_moto_process, wait_for_server  # noqa: E402
 
 #: Version of the npm package the benchmarks were measured with.
 S3RVER_VERSION = "3.7.1"
@@ -136,16 +135,7 @@ def start_s3rver(folder: Path) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"s3rver did not start: {log.read_text()}") from None
-            time.sleep(0.1)
+    return process, wait_for_server(process, port, log, "s3rver")
 
 
 def start_s3_server(kind: str, folder: Path) -> RunningServer:

@@ -96,15 +96,24 @@ def start_moto_process(
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
     )
+    return server, wait_for_server(server, port, log, "moto")
+
+
+def wait_for_server(process: subprocess.Popen, port: int, log: Path, name: str) -> str:
+    """Wait (30 s at most) until a server process listens on 127.0.0.1:``port``.
+
+    Returns its ``http://`` endpoint; raises ``RuntimeError`` with its log if
+    it exits or does not listen in time (and kills it).
+    """
     deadline = time.monotonic() + 30
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server, f"http://127.0.0.1:{port}"
+            return f"http://127.0.0.1:{port}"
         except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError(f"moto did not start: {log.read_text()}") from None
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"{name} did not start: {log.read_text()}") from None
             time.sleep(0.1)
 
 
