@@ -13,8 +13,9 @@ threads::
 from the local file and from its ``s3://`` URL: wall time and the peak of the
 summed RSS of the job's process tree (sampled every 20 ms). It also measures
 the raw GET throughput of the same server on the ``.nii`` object (one streamed
-GET, and 64 MiB ranged GETs one and two at a time), because the server bounds
-what any reader can do. Ratios s3 / local close the table.
+GET, and 64 MiB ranged GETs one and two at a time) and its PUT throughput (one
+512 MiB multipart upload, 8 MiB objects one after the other), because the
+server bounds what any reader or writer can do. Ratios s3 / local close the table.
 
 Results (``--output``, default ``benchmarks/results-s3-read.json``)::
 
@@ -22,7 +23,9 @@ Results (``--output``, default ``benchmarks/results-s3-read.json``)::
      "jobs": [{"size": "hcp", "suffix": ".nii", "where": "local" | "s3",
                "server": null | "moto" | "s3rver", "seconds": wall, "peak_mib": peak,
                "ok": bool, "detail": str}, ...],
-     "raw_get_mb_per_s": {"<server>": {"<size>": {"one streamed GET": MB/s, ...}}}}
+     "raw_get_mb_per_s": {"<server>": {"<size>": {"one streamed GET": MB/s,
+                                                  "64 MiB ranged GETs x1": ..., "x2": ...,
+                                                  "one multipart PUT": ..., "8 MiB PUTs": ...}}}}
 
 Usage::
 
@@ -137,6 +140,26 @@ def raw_get_throughput(fs, path: str) -> dict[str, float]:
     return {name: round(value, 1) for name, value in speeds.items()}
 
 
+def raw_put_throughput(fs, path: str, nbytes: int = 512 << 20) -> dict[str, float]:
+    """MB/s of the server for one upload of ``nbytes`` (multipart, as a Zarr store's large
+    chunks or ``inverse_transform``'s object are written) and for 8 MiB objects x32."""
+    import numpy as np
+
+    payload = np.random.default_rng(0).integers(0, 255, nbytes, np.uint8).tobytes()
+    speeds = {}
+    start = time.perf_counter()
+    with fs.open(path, "wb", block_size=64 << 20) as handle:
+        handle.write(payload)
+    speeds["one multipart PUT"] = nbytes / (time.perf_counter() - start) / 1e6
+    piece = 8 << 20
+    start = time.perf_counter()
+    for index in range(32):
+        fs.pipe_file(f"{path}-{index}", payload[index * piece : (index + 1) * piece])
+    speeds["8 MiB PUTs"] = 32 * piece / (time.perf_counter() - start) / 1e6
+    fs.rm([path, *(f"{path}-{index}" for index in range(32))])
+    return {name: round(value, 1) for name, value in speeds.items()}
+
+
 SCHEMA = "daskmask-bench-s3-read/2"
 
 
@@ -201,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                 remote = f"bench-s3-read/{path.name}"
                 fs.put(str(path), remote)
                 if suffix == ".nii":
-                    throughput[kind][size] = raw_get_throughput(fs, remote)
+                    throughput[kind][size] = {
+                        **raw_get_throughput(fs, remote),
+                        **raw_put_throughput(fs, f"{remote}.put-probe"),
+                    }
                     print(f"{kind} {size} raw GET MB/s: {throughput[kind][size]}", flush=True)
                 source = f"s3://{remote}"
                 results.append(_measure(size, suffix, "s3", kind, source, args.repeat))
