@@ -163,7 +163,8 @@ def start_s3_server(kind: str, folder: Path) -> RunningServer:
 
 
 def remove_s3rver_data(server: RunningServer, folder: Path) -> None:
-    """Remove the objects an s3rver kept on disk (after it stopped)."""
+    """Remove the objects an s3rver kept on disk, and its empty log (after it stopped)."""
     if server.kind == "s3rver":
         port = server.endpoint.rsplit(":", 1)[1]
         shutil.rmtree(folder / f"s3rver-{port}", ignore_errors=True)
+        (folder / f"s3rver-{port}.log").unlink(missing_ok=True)
