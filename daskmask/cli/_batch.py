@@ -5,7 +5,8 @@ Scheduler (``--scheduler``):
 * ``threads``: dask's threaded scheduler in this process, no client;
 * ``local``, or another kind of :data:`daskmask.cluster.CLUSTER_KINDS`
   (``slurm``, ``kubernetes``, ...): :func:`daskmask.connect` starts it
-  (``jobs=N`` with ``--jobs N``), and the command closes it at the end;
+  (``jobs=N`` with ``--jobs N``), and the command closes it at the end. The
+  LocalCluster of a batch is one worker process with a thread per core;
 * anything else: the address of a running scheduler.
 
 Without ``--scheduler``: ``$DASKMASK_SCHEDULER`` when set, else ``threads``,
@@ -87,7 +88,8 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         metavar="threads|local|KIND|ADDRESS",
         help=(
             "where to compute (default: $DASKMASK_SCHEDULER, else threads: dask's threads "
-            "in this process; local: a LocalCluster of processes on this machine; KIND: a "
+            "in this process; local: a LocalCluster on this machine, one worker process with a "
+            "thread per core; KIND: a "
             "cluster the command starts, such as slurm or kubernetes; ADDRESS: a running "
             "scheduler)"
         ),
@@ -209,7 +211,13 @@ def scheduler(choice: str, jobs: int | None) -> Iterator[Any]:
             yield None
         return
     cluster = _cluster()
-    extra = {"jobs": jobs} if jobs is not None else {}
+    extra: dict[str, Any] = {"jobs": jobs} if jobs is not None else {}
+    if choice == "local":
+        # One worker process with a thread per core, not a process per core: each worker
+        # process starts an interpreter and imports the scientific stack and daskmask
+        # (1.5-2 s of CPU each), and its results travel between processes. The work in
+        # the tasks releases the GIL, so the threads of one worker use every core.
+        extra.update(n_workers=1, threads_per_worker=os.cpu_count() or 1)
     try:
         if choice in cluster.CLUSTER_KINDS:
             client = cluster.connect(cluster=choice, **extra)
