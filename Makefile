@@ -29,7 +29,8 @@ test-quick: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
 
-# daskmask against nilearn and the machine (benchmarks/README.md); BENCH_INPUTS=huge for 30 GB.
+# daskmask against nilearn and the machine, ending with the table of issue 14's targets (each
+# figure, its ratio, met or not; benchmarks/README.md). BENCH_INPUTS=huge for the 30 GB run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_masker.py --inputs $(BENCH_INPUTS)
 
