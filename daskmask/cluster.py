@@ -230,7 +230,7 @@ def _start_local(
         warnings.filterwarnings(
             "ignore", message="Port .* is already in use", category=UserWarning
         )
-        return Client(
+        client = Client(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
             processes=True if processes is None else bool(processes),
@@ -238,6 +238,26 @@ def _start_local(
             dashboard_address=dashboard_address,
             **overrides,
         )
+    if processes is None or processes:
+        # Worker processes start as fresh interpreters: each would import the
+        # readers and the extraction (1-2 s) when its first task arrives. Ask
+        # them now, so that it happens while this process opens the run and
+        # builds its graph (in a thread of each worker; not awaited here).
+        client.run(_import_task_modules, wait=False)
+    return client
+
+
+#: Modules every extraction's tasks need in a worker (their functions are pickled by reference).
+_TASK_MODULES = ("daskmask.reading._array", "daskmask.extraction._apply_mask")
+
+
+async def _import_task_modules() -> None:
+    """Import :data:`_TASK_MODULES` in a worker process, off its event loop."""
+    import asyncio
+    import importlib
+
+    for module in _TASK_MODULES:
+        await asyncio.to_thread(importlib.import_module, module)
 
 
 def _refuse_local_options(kind: str, *values: object) -> None:

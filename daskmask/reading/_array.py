@@ -27,6 +27,8 @@ combined CRC32 is compared with the gzip trailer (see
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import io
 import math
@@ -195,16 +197,17 @@ class _SequentialObject(io.RawIOBase):
                 fs = location.fs
                 self._stream = open_streamed(fs, location.path)
         self._fs = fs
-        # Ranged fallback: the piece being consumed and the next one in flight.
-        self._piece = b""
-        self._piece_offset = 0
+        # The piece being consumed and the next one in flight: the network
+        # delivers piece k+1 while the caller writes or folds piece k.
+        self._piece: Any = b""
+        self._piece_offset = len(self._prefix)
         self._fetcher: ThreadPoolExecutor | None = None
-        self._next: Future[bytes] | None = None
+        self._next: Future[Any] | None = None
         if self._stream is None:
             if self._limit is None:
                 self._limit = location.stat().size
             self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="daskmask-fetch")
-            self._next = self._fetcher.submit(self._fetch, 0)
+        self._submit_next(self._piece_offset)
 
     def readable(self) -> bool:
         return True
@@ -222,18 +225,7 @@ class _SequentialObject(io.RawIOBase):
             return count
         try:
             with storage_errors(self.url):
-                if self._stream is not None:
-                    from fsspec.asyn import sync
-
-                    filled = sync(
-                        self._fs.loop,
-                        fill_from_stream,
-                        self._stream,
-                        view,
-                        _SEQUENTIAL_BUFFER_BYTES,
-                    )
-                else:
-                    filled = self._fill_from_ranges(view)
+                filled = self._fill_from_pieces(view)
         except StorageError:
             raise
         except Exception as error:  # a connection broken mid-body (aiohttp, botocore)
@@ -250,18 +242,35 @@ class _SequentialObject(io.RawIOBase):
         length = min(SEQUENTIAL_RANGE_BYTES, self._limit - start)
         return self._location.read_range(start, length) if length > 0 else b""
 
-    def _fill_from_ranges(self, view: memoryview) -> int:
+    def _submit_next(self, start: int) -> None:
+        """Put the piece starting at ``start`` in flight (the stream's next bytes, or a range)."""
+        if self._stream is None:
+            assert self._fetcher is not None
+            self._next = self._fetcher.submit(self._fetch, start)
+            return
+        length = _SEQUENTIAL_BUFFER_BYTES
+        if self._limit is not None:
+            length = min(length, self._limit - start)
+        if length <= 0:
+            self._next = Future()
+            self._next.set_result(b"")
+            return
+        self._next = asyncio.run_coroutine_threadsafe(
+            _read_piece(self._stream, length), self._fs.loop
+        )
+
+    def _fill_from_pieces(self, view: memoryview) -> int:
         filled = 0
         while filled < len(view):
             available = len(self._piece) - (self._position + filled - self._piece_offset)
             if available <= 0:
-                assert self._next is not None and self._fetcher is not None
+                assert self._next is not None
                 piece_offset = self._piece_offset + len(self._piece)
                 self._piece = self._next.result()
                 self._piece_offset = piece_offset
-                if not self._piece:
+                if not len(self._piece):
                     break
-                self._next = self._fetcher.submit(self._fetch, piece_offset + len(self._piece))
+                self._submit_next(piece_offset + len(self._piece))
                 continue
             start = self._position + filled - self._piece_offset
             count = min(available, len(view) - filled)
@@ -275,8 +284,20 @@ class _SequentialObject(io.RawIOBase):
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True, cancel_futures=True)
         if self._stream is not None:
+            if self._next is not None and not self._next.done():
+                # The piece in flight is not wanted: stop it before closing its stream.
+                self._next.cancel()
+                with contextlib.suppress(BaseException):
+                    self._next.result(timeout=10)
             close_streamed(self._fs, self._stream)
         super().close()
+
+
+async def _read_piece(stream: Any, length: int) -> memoryview:
+    """Read the next ``length`` bytes of an fsspec async streamed file (fewer at its end)."""
+    buffer = bytearray(length)
+    filled = await fill_from_stream(stream, memoryview(buffer), length)
+    return memoryview(buffer)[:filled]
 
 
 def current_version(location: Location) -> ObjectVersion:
