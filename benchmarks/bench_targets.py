@@ -171,32 +171,40 @@ def rows(measurements: list[dict]) -> list[Row]:
 
 
 def _cluster_rows() -> list[Row]:
-    """Target 6 from ``results-cluster.json`` (bench_cluster.py)."""
+    """Target 6 from ``results-cluster.json`` (bench_cluster.py; a list of jobs or a dict)."""
     if not CLUSTER.exists():
         return [Row("6 distributed", "results-cluster.json", "-", None, 1.3, "missing")]
-    jobs = {m["job"]: m for m in json.loads(CLUSTER.read_text()) if m.get("ok")}
+    saved = json.loads(CLUSTER.read_text())
+    entries = saved.get("jobs", []) if isinstance(saved, dict) else saved
+    jobs = [m for m in entries if isinstance(m, dict) and m.get("ok")]
     source = _origin(CLUSTER)
-    cluster = next(
-        (m for name, m in jobs.items() if "cluster" in name and "before" not in name), None
-    )
-    return [
+
+    def job(name: str, server: str | None = None) -> dict | None:
+        return next((m for m in jobs if m["job"] == name and m.get("server") == server), None)
+
+    out = [
         _versus(
             "6 2-worker LocalCluster",
             "wall / threads' wall",
-            cluster,
-            jobs.get("local-threads"),
+            job("local-cluster"),
+            job("local-threads"),
             1.3,
             source=source,
-        ),
-        _versus(
-            "6 no-shared-disk cluster",
-            "wall / threads' wall (S3)",
-            jobs.get("s3-isolated"),
-            jobs.get("s3-threads"),
-            1.5,
-            source=source,
-        ),
+        )
     ]
+    servers = sorted({m.get("server") for m in jobs if m["job"] == "s3-isolated"}, key=str)
+    for server in servers:
+        out.append(
+            _versus(
+                "6 no-shared-disk cluster",
+                f"wall / threads' wall (S3{', ' + server if server else ''})",
+                job("s3-isolated", server),
+                job("s3-threads", server),
+                1.5,
+                source=source,
+            )
+        )
+    return out
 
 
 def _many_runs_rows() -> list[Row]:

@@ -44,3 +44,20 @@ def test_benchmark_runs_every_job_on_the_walkthrough_input(tmp_path):
     assert walkthrough.count("|") == 8 and " - |" not in walkthrough.split("|")[4]
     assert "5 import daskmask" in table
     assert (tmp_path / "work" / "walkthrough.zarr").is_dir()
+
+
+def test_targets_table_has_every_target_from_saved_figures():
+    sys.path.insert(0, str(BENCHMARK.parent))
+    from bench_targets import rows
+
+    saved = json.loads((BENCHMARK.parent / "results-hcp-round2.json").read_text())
+    table = rows(saved)
+    assert {row.target.split()[0] for row in table} == {str(n) for n in range(1, 8)}
+    found = {(m["input"], m["job"]): m for m in saved}
+    first = table[0]
+    expected = (
+        found[("hcp-gz", "daskmask-memory")]["seconds"]
+        / found[("hcp-gz", "decode-pass")]["seconds"]
+    )
+    assert first.ratio == expected
+    assert first.verdict == ("met" if expected <= 1.5 else "NOT met")
