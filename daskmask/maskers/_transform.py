@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from daskmask._logging import describe_images, log
-from daskmask._memory import BUDGET_KEY, task_budget_bytes
+from daskmask._memory import BUDGET_KEY, memory_per_thread, task_budget_bytes, total_threads
 from daskmask._provenance import input_provenance
 from daskmask._scratch import current_client
 from daskmask._warnings import warn_user
@@ -104,28 +104,39 @@ def _signals_dtype(requested: Any, input_dtype: np.dtype) -> np.dtype:
     return working
 
 
-#: Largest automatic budget of an extraction task on dask's threads (no client).
-#: Two threads each hold a block, its float copy and numpy's temporaries, and
-#: the result in memory waits for the last block: measured on the HCP-like run
-#: (issue 14), 16 MiB tasks took the peak of ``fit_transform(...).to_numpy()``
-#: from 1126-1172 to 1022-1046 MiB and of ``save`` from 833 to 551 MiB, in the
-#: same wall time as 32 MiB (the extra 0.1 ms tasks cost nothing on threads).
+#: Largest automatic budget of an extraction task on dask's threads (no client),
+#: for signals that fit in memory. Two threads each hold a block, its float copy
+#: and numpy's temporaries, and a result in memory waits for the last block:
+#: measured on the HCP-like run (issue 14), 16 MiB tasks took the peak of
+#: ``fit_transform(...).to_numpy()`` from 1126-1172 to 1022-1046 MiB and of
+#: ``save`` from 833 to 551 MiB, in the same wall time as 32 MiB. Larger runs
+#: keep the task budget: the intermediate's writes (one per slab and voxel
+#: block) shrink with the square of the budget, to 8 KB for 16,600 volumes.
 LOCAL_BLOCK_BYTES = 16 * 2**20
 
 
-def extraction_budget() -> int:
+def extraction_budget(signals_bytes: int) -> int:
     """Return the byte budget of one extraction task (time slab or voxel block).
 
     The task budget (:func:`daskmask._memory.task_budget_bytes`), capped at
-    :data:`LOCAL_BLOCK_BYTES` when it is automatic and no distributed client
-    is active; an explicit ``daskmask.block-bytes`` is used as it is.
+    :data:`LOCAL_BLOCK_BYTES` when it is automatic, no distributed client is
+    active and the signals (``signals_bytes``) take at most a quarter of the
+    memory available; an explicit ``daskmask.block-bytes`` is used as it is.
     """
     budget = task_budget_bytes()
     configured = dask.config.get(BUDGET_KEY, "auto")
     automatic = isinstance(configured, str) and configured == "auto"
     if automatic and current_client() is None:
-        return min(budget, LOCAL_BLOCK_BYTES)
+        available = memory_per_thread() * total_threads()
+        if signals_bytes <= available // 4:
+            return min(budget, LOCAL_BLOCK_BYTES)
     return budget
+
+
+def _signals_bytes(masker: NiftiMasker, run: xr.DataArray) -> int:
+    """Bytes of the signals ``run`` gives under ``masker`` (time points x voxels)."""
+    n_time = run.shape[3] if run.ndim == 4 else 1
+    return n_time * int(masker.n_elements_) * _signals_dtype(masker.dtype, run.dtype).itemsize
 
 
 def _open_in_budget_slabs(
@@ -160,7 +171,7 @@ def _open_in_budget_slabs(
         masker.n_elements_,
         _signals_dtype(masker.dtype, run.dtype),
         run.shape[3],
-        extraction_budget(),
+        extraction_budget(_signals_bytes(masker, run)),
         volume_copies=copies,
     )
     if decoded is not None:
@@ -275,7 +286,7 @@ def extract_and_clean(
         affine=mask_affine,
         dtype=signals_dtype,
         smoothing_fwhm=masker.smoothing_fwhm,
-        block_bytes=extraction_budget(),
+        block_bytes=extraction_budget(_signals_bytes(masker, run)),
     )
 
     log("Cleaning extracted signals", masker.verbose)
