@@ -23,14 +23,13 @@ import ctypes
 import functools
 import json
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daskmask._fs import is_url, locate
+from daskmask._fs import locate
 from daskmask._json import json_safe
 from daskmask.batch._progress import BatchProgress
 from daskmask.batch._summary import RunOutcome, write_summary
@@ -210,20 +209,6 @@ def prepare(plans: Sequence[RunPlan], *, force: bool = False) -> list[Prepared]:
         return list(pool.map(one, plans))
 
 
-@contextlib.contextmanager
-def _local_copy(path: str | None) -> Iterator[str | None]:
-    """Download a confounds URL to a temporary file (NiftiMasker reads local tables)."""
-    if path is None or not is_url(path):
-        yield path
-        return
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    with tempfile.TemporaryDirectory(prefix="daskmask-confounds-") as folder:
-        local = os.path.join(folder, name)
-        with locate(path).open("rb") as source, open(local, "wb") as target:
-            target.write(source.read())
-        yield local
-
-
 def _ensure_parent(output: str) -> None:
     """Create the folder of a local store (an object store has no folders)."""
     location = locate(output)
@@ -238,21 +223,22 @@ def mask_run(plan: RunPlan, current: Mapping[str, Any]) -> tuple[int, int]:
     if params.get("t_r") is None:
         params["t_r"] = plan.sidecar_t_r if plan.sidecar_t_r is not None else run.attrs.get("t_r")
     sample_mask = None
-    with _local_copy(plan.confounds) as confounds:
-        if plan.confounds_strategy is not None:
-            confounds, sample_mask = load_confounds_strategy(
-                plan.input, denoise_strategy=plan.confounds_strategy, **plan.confounds_args
-            )
-        masker = NiftiMasker(**params)
-        signals = masker.fit_transform(run, confounds=confounds, sample_mask=sample_mask)
-        # the store names its input and everything it was made with (resume compares it)
-        signals.attrs["provenance"] = {
-            **signals.attrs.get("provenance", {}),
-            "input": plan.input,
-            RECIPE_KEY: dict(current),
-        }
-        _ensure_parent(plan.output)
-        save(signals, plan.output, overwrite=True)
+    # a confounds URL is read through daskmask._fs like any table
+    confounds = plan.confounds
+    if plan.confounds_strategy is not None:
+        confounds, sample_mask = load_confounds_strategy(
+            plan.input, denoise_strategy=plan.confounds_strategy, **plan.confounds_args
+        )
+    masker = NiftiMasker(**params)
+    signals = masker.fit_transform(run, confounds=confounds, sample_mask=sample_mask)
+    # the store names its input and everything it was made with (resume compares it)
+    signals.attrs["provenance"] = {
+        **signals.attrs.get("provenance", {}),
+        "input": plan.input,
+        RECIPE_KEY: dict(current),
+    }
+    _ensure_parent(plan.output)
+    save(signals, plan.output, overwrite=True)
     n_timepoints = int(signals.shape[0]) if signals.ndim == 2 else 1
     return int(signals.shape[-1]), n_timepoints
 

@@ -8,6 +8,7 @@ those, which are stacked side by side.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from daskmask._fs import is_url, locate, storage_errors
 from daskmask.exceptions import ConfoundsError
 
 _DELIMITERS = " \t,;"
@@ -45,23 +47,37 @@ def _single_column(text: str) -> bool:
     return True
 
 
-def _genfromtxt(path: str, **kwargs: Any) -> np.ndarray:
-    """Read a delimited text file, sniffing the delimiter if needed."""
+def _read_text(path: str) -> str:
+    """Return the text of a confounds file: a local path, or an fsspec URL via ``daskmask._fs``.
+
+    Raises ``FileNotFoundError`` for a missing local file; a URL's failures are
+    daskmask's typed storage errors (missing object, credentials, endpoint).
+    """
+    if is_url(path):
+        with storage_errors(path), locate(path).open("rb") as handle:
+            # universal newlines, as a local file is read
+            return io.TextIOWrapper(handle).read()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found.")
+    return Path(path).read_text()
+
+
+def _genfromtxt(text: str, name: str, **kwargs: Any) -> np.ndarray:
+    """Parse delimited text (the file ``name``), sniffing the delimiter if needed."""
     try:
-        return np.genfromtxt(path, loose=False, encoding=None, **kwargs)
+        return np.genfromtxt(io.StringIO(text), loose=False, encoding=None, **kwargs)
     except ValueError:
         pass
-    with Path(path).open() as handle:
-        first_line = handle.readline()
-        rest = handle.read()
+    end = text.find("\n") + 1 or len(text)
+    first_line, rest = text[:end], text[end:]
     try:
         dialect = csv.Sniffer().sniff(first_line, _DELIMITERS)
     except csv.Error as error:
         if _single_column(rest):
             # a single column with a header line: the header reads as NaN
-            return np.genfromtxt(path, encoding=None, **kwargs)
-        raise TypeError(f"Could not read CSV file [{path}]: {error.args[0]}") from error
-    return np.genfromtxt(path, delimiter=dialect.delimiter, encoding=None, **kwargs)
+            return np.genfromtxt(io.StringIO(text), encoding=None, **kwargs)
+        raise TypeError(f"Could not read CSV file [{name}]: {error.args[0]}") from error
+    return np.genfromtxt(io.StringIO(text), delimiter=dialect.delimiter, encoding=None, **kwargs)
 
 
 def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
@@ -70,8 +86,9 @@ def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
     Parameters
     ----------
     path : str or path-like
-        CSV, TSV or whitespace separated text file. A first line whose first
-        value is not a number is taken as a header and skipped.
+        CSV, TSV or whitespace separated text file, a local path or any fsspec
+        URL (``s3://...``). A first line whose first value is not a number is
+        taken as a header and skipped.
 
     Returns
     -------
@@ -87,11 +104,10 @@ def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
 
     """
     path = os.fspath(path)
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} not found.")
-    array = _genfromtxt(path)
+    text = _read_text(path)
+    array = _genfromtxt(text, path)
     if array.size and np.isnan(array.flat[0]):
-        array = _genfromtxt(path, skip_header=1)
+        array = _genfromtxt(text, path, skip_header=1)
     if array.ndim == 0:
         array = array.reshape(1, 1)
     elif array.ndim == 1:
@@ -174,8 +190,7 @@ def _header_names(path: str, n_columns: int) -> list[str] | None:
     The header is the line :func:`read_confounds_file` skipped; the names are
     split at the first delimiter that gives one name per column.
     """
-    with Path(path).open() as handle:
-        first_line = handle.readline().strip()
+    first_line = _read_text(path).partition("\n")[0].strip()
     try:
         float(first_line.split()[0].strip(_DELIMITERS))
     except (ValueError, IndexError):
