@@ -433,20 +433,22 @@ def _client_at(address: str) -> Client:
     connects; when the connection fails it stays the default, and every later computation
     in the process (a notebook's next cell) goes to a scheduler that does not exist.
     """
-    try:
-        previous: Client | None = Client.current(allow_global=True)
-    except ValueError:
-        previous = None
+    previous = _default_client()
     try:
         return Client(address)
     except BaseException:
-        try:
-            leftover: Client | None = Client.current(allow_global=True)
-        except ValueError:
-            leftover = None
+        leftover = _default_client()
         if leftover is not None and leftover is not previous:
             leftover.close()
         raise
+
+
+def _default_client() -> Client | None:
+    """Return distributed's default Client of this process, or None."""
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
 
 
 class _ClusterClient(Client):

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import threading
@@ -31,6 +29,7 @@ from typing import Any
 
 from daskmask._fs import locate
 from daskmask._json import json_safe
+from daskmask._memory import release_free_memory
 from daskmask.batch._progress import BatchProgress
 from daskmask.batch._summary import RunOutcome, write_summary
 from daskmask.interfaces.fmriprep import load_confounds_strategy
@@ -241,30 +240,6 @@ def mask_run(plan: RunPlan, current: Mapping[str, Any]) -> tuple[int, int]:
     save(signals, plan.output, overwrite=True)
     n_timepoints = int(signals.shape[0]) if signals.ndim == 2 else 1
     return int(signals.shape[-1]), n_timepoints
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """Return ``malloc_trim`` of glibc, or None elsewhere (musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> None:
-    """Give the pages of freed memory back to the system (glibc only; else nothing).
-
-    A finished run leaves its freed buffers in the malloc arenas of the threads
-    that computed it (blocks up to 32 MiB are kept for reuse rather than
-    unmapped), so the resident size of a long batch crept up run after run
-    (measured: +40-90 MiB per run on threads, 300 -> 680 MiB after three runs).
-    ``malloc_trim(0)`` returns the free pages of every arena; it costs well
-    under a millisecond per run.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class BatchInterrupted(Exception):

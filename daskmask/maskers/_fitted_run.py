@@ -26,14 +26,13 @@ temporary of this process).
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from daskmask._memory import release_free_memory
 from daskmask._scratch import scratch_is_shared, temporary_base
 from daskmask.masking._mean import mean_volume
 from daskmask.reading._decode import (
@@ -94,7 +93,7 @@ class FittedRun:
             decoded, mean = decode_once(run, temporary_base(), chunk_volumes=chunk_volumes)
         else:
             mean = mean_volume(run)
-        _return_free_memory()
+        release_free_memory()  # the pass's freed slabs, before transform's result
         return cls(key, np.asarray(mean), decoded)
 
     def kept_for(self, run: xr.DataArray) -> tuple[np.ndarray | None, xr.DataArray | None]:
@@ -123,18 +122,3 @@ class FittedRun:
     def __reduce__(self) -> tuple[Any, ...]:
         # The decoded copy is a temporary of this process: never pickled.
         return (type(self), (self.key, self.mean, None))
-
-
-def _return_free_memory() -> None:
-    """Hand the heap memory freed by the pass back to the system (glibc's ``malloc_trim``).
-
-    The pass over the run frees its slabs, but glibc keeps buffers below its
-    mmap threshold in the heap: 60-150 MiB after ``fit`` of the HCP-like run
-    (issue 14), on top of which ``transform`` then holds its result.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        return  # not glibc (musl has no malloc_trim)
