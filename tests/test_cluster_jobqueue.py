@@ -309,7 +309,9 @@ def test_bids_command_asks_one_job_per_run_in_flight_by_default(
             env=_environment(dask_config_dir, slurm),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert len(watcher.running()) == 2, watcher.jobs
+    # Two jobs asked of Slurm; whether the second starts before a fast batch ends is Slurm's
+    # timing (seen PENDING once on a loaded machine), not daskmask's choice.
+    assert len(watcher.jobs) == 2, watcher.jobs
     assert slurm.wait_until_empty(timeout=20) == []
     _assert_same_stores(local_output, output)
 
