@@ -8,6 +8,7 @@ which parameter is wrong, what was given and what is accepted.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,3 +125,14 @@ def validate_params(estimator: Any) -> None:
     """Check every parameter of ``estimator`` against its ``_parameter_constraints``."""
     for name, constraint in estimator._parameter_constraints.items():
         constraint.check(name, getattr(estimator, name))
+
+
+def param_values(estimator: Any) -> dict[str, Any]:
+    """Return ``estimator``'s parameters (its constructor's arguments) and their values.
+
+    What scikit-learn's ``get_params`` gives for daskmask's maskers, in the same
+    (alphabetical) order, for any object, the plain masker core included (the
+    batch masks without scikit-learn): the signals record it in their ``attrs``.
+    """
+    names = sorted(inspect.signature(type(estimator).__init__).parameters)
+    return {name: getattr(estimator, name) for name in names if name != "self"}

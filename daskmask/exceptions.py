@@ -7,7 +7,7 @@ same things: a wrong number of dimensions is a :class:`DimensionError` (a
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+import threading
 
 
 class DaskmaskError(Exception):
@@ -124,13 +124,45 @@ class StorageUnreachableError(StorageError, ConnectionError):
     """The storage endpoint did not answer (network, DNS, wrong endpoint URL)."""
 
 
-class NotFittedError(DaskmaskError, _SklearnNotFittedError):
-    """An estimator was used before ``fit``.
-
-    A subclass of scikit-learn's ``NotFittedError`` (itself a ``ValueError``
-    and an ``AttributeError``), so code written for scikit-learn catches it.
-    """
-
-
 class MaskWarning(UserWarning):
     """A computed mask is suspicious (for instance empty)."""
+
+
+_not_fitted_lock = threading.Lock()
+
+
+def _not_fitted_error() -> type[Exception]:
+    """Define :class:`NotFittedError` over scikit-learn's, once; it is a module attribute after."""
+    with _not_fitted_lock:  # two threads must not make two distinct classes
+        if "NotFittedError" not in globals():
+            from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+            class NotFittedError(DaskmaskError, SklearnNotFittedError):
+                """An estimator was used before ``fit``.
+
+                A subclass of scikit-learn's ``NotFittedError`` (itself a
+                ``ValueError`` and an ``AttributeError``), so code written for
+                scikit-learn catches it.
+
+                The class is defined on first use (``daskmask.exceptions.NotFittedError``
+                or ``from daskmask.exceptions import NotFittedError``): importing
+                scikit-learn takes about 0.5 s (``scipy.stats``, through
+                ``sklearn.utils``), which the batch command, the functional API and
+                every other error do without.
+                """
+
+            # pickle and the documentation find it under its module-level name
+            NotFittedError.__qualname__ = "NotFittedError"
+            globals()["NotFittedError"] = NotFittedError  # later lookups skip __getattr__
+        return globals()["NotFittedError"]
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: only called for a name not defined yet, i.e. NotFittedError before its first use
+    if name == "NotFittedError":
+        return _not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"NotFittedError"})

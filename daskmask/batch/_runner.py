@@ -33,7 +33,7 @@ from daskmask._memory import release_free_memory
 from daskmask.batch._progress import BatchProgress
 from daskmask.batch._summary import RunOutcome, write_summary
 from daskmask.interfaces.fmriprep import load_confounds_strategy
-from daskmask.maskers import NiftiMasker
+from daskmask.maskers._core import NiftiMaskerCore
 from daskmask.reading import open_nifti
 from daskmask.storage import (
     CorruptStoreError,
@@ -228,7 +228,8 @@ def mask_run(plan: RunPlan, current: Mapping[str, Any]) -> tuple[int, int]:
         confounds, sample_mask = load_confounds_strategy(
             plan.input, denoise_strategy=plan.confounds_strategy, **plan.confounds_args
         )
-    masker = NiftiMasker(**params)
+    # NiftiMasker's work without its scikit-learn estimator: the batch never imports sklearn
+    masker = NiftiMaskerCore(**params)
     signals = masker.fit_transform(run, confounds=confounds, sample_mask=sample_mask)
     # the store names its input and everything it was made with (resume compares it)
     signals.attrs["provenance"] = {

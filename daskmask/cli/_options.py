@@ -26,7 +26,7 @@ import numpy as np
 
 from daskmask import _params
 from daskmask._fs import locate
-from daskmask.maskers import NiftiMasker
+from daskmask.maskers._core import NiftiMaskerCore
 from daskmask.masking.strategies import STRATEGIES
 
 
@@ -306,7 +306,7 @@ def masker_parameters(
         combination NiftiMasker refuses; the message names the option.
 
     """
-    params = NiftiMasker().get_params()
+    params = _params.param_values(NiftiMaskerCore())
     config_path = getattr(namespace, "config", None)
     if config_path:
         for key, value in _read_config(config_path).items():
@@ -336,7 +336,7 @@ def masker_parameters(
 
 def check_parameters(params: Mapping[str, Any]) -> None:
     """Let NiftiMasker judge the parameters now, not at the first run; errors name the option."""
-    masker = NiftiMasker(**params)
+    masker = NiftiMaskerCore(**params)
     try:
         _params.validate_params(masker)
     except (TypeError, ValueError) as error:

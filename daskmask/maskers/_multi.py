@@ -24,8 +24,9 @@ import xarray as xr
 from daskmask import _params
 from daskmask._logging import logged_method
 from daskmask._warnings import warn_user
+from daskmask.maskers._core import _supported_mask_args
 from daskmask.maskers._fitted_run import FittedRun
-from daskmask.maskers._nifti import NiftiMasker, _supported_mask_args
+from daskmask.maskers._nifti import NiftiMasker
 from daskmask.maskers._transform import extract_and_clean, grid_of_run
 from daskmask.masking.strategies import get_strategy
 from daskmask.reading import open_nifti

@@ -19,6 +19,7 @@ import xarray as xr
 
 from daskmask._logging import describe_images, log
 from daskmask._memory import BUDGET_KEY, memory_per_thread, task_budget_bytes, total_threads
+from daskmask._params import param_values
 from daskmask._provenance import input_provenance
 from daskmask._scratch import current_client
 from daskmask._warnings import warn_user
@@ -41,7 +42,7 @@ from daskmask.signals import NAME as SIGNALS_NAME
 from daskmask.signals import check_signals, signals_dataarray
 
 if TYPE_CHECKING:
-    from daskmask.maskers._nifti import NiftiMasker
+    from daskmask.maskers._core import NiftiMaskerCore
 
 #: Parameters of the masker that go to ``signal.clean``.
 _CLEAN_PARAMETERS = (
@@ -133,14 +134,14 @@ def extraction_budget(signals_bytes: int) -> int:
     return budget
 
 
-def _signals_bytes(masker: NiftiMasker, run: xr.DataArray) -> int:
+def _signals_bytes(masker: NiftiMaskerCore, run: xr.DataArray) -> int:
     """Bytes of the signals ``run`` gives under ``masker`` (time points x voxels)."""
     n_time = run.shape[3] if run.ndim == 4 else 1
     return n_time * int(masker.n_elements_) * _signals_dtype(masker.dtype, run.dtype).itemsize
 
 
 def _open_in_budget_slabs(
-    masker: NiftiMasker, imgs: Any, reference_grid: Grid | None = None
+    masker: NiftiMaskerCore, imgs: Any, reference_grid: Grid | None = None
 ) -> tuple[xr.DataArray, Any]:
     """Open ``imgs`` in time chunks small enough for one task to stay in budget.
 
@@ -186,7 +187,7 @@ def _with_data(run: xr.DataArray, decoded: xr.DataArray, chunk_volumes: int) -> 
 
 
 def _all_confounds(
-    masker: NiftiMasker, run: xr.DataArray, confounds: Any, high_variance_last: bool
+    masker: NiftiMaskerCore, run: xr.DataArray, confounds: Any, high_variance_last: bool
 ) -> Any:
     """Return the high-variance confounds and the user's (a list extended), in nilearn's order.
 
@@ -217,7 +218,7 @@ def _on_grid(run: xr.DataArray, grid: Grid) -> bool:
 
 
 def extract_and_clean(
-    masker: NiftiMasker,
+    masker: NiftiMaskerCore,
     imgs: Any,
     confounds: Any = None,
     sample_mask: Any = None,
@@ -318,7 +319,7 @@ def extract_and_clean(
         full_mask,
         full_affine,
         time=time,
-        masker_params=masker.get_params(),
+        masker_params=param_values(masker),
         provenance=input_provenance(run),
         mean_image=_mean_image(run, fitted_mean),
         mean_image_affine=input_affine,
@@ -368,7 +369,7 @@ def _signals_values(X: Any) -> Any:
 
 
 def signals_to_image(
-    masker: NiftiMasker, X: Any, filename: Any = None, storage_options: Any = None
+    masker: NiftiMaskerCore, X: Any, filename: Any = None, storage_options: Any = None
 ) -> nib.Nifti1Image:
     """Unmask ``X`` onto ``masker``'s mask grid (``inverse_transform``)."""
     values = _signals_values(X)

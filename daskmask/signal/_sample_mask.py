@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 
 from daskmask.signal._errors import AllVolumesRemovedError
 
@@ -123,6 +122,10 @@ def interpolation_weights(
         else from the first to the last kept sample).
 
     """
+    # scipy.interpolate (and scipy.optimize, which it imports) takes ~0.2 s to import:
+    # load it only when censored volumes are interpolated, not on every start-up.
+    from scipy.interpolate import CubicSpline
+
     times = np.arange(n_samples) * t_r
     spline = CubicSpline(times[kept], np.eye(len(kept)), extrapolate=extrapolate)
     censored = np.setdiff1d(np.arange(n_samples), kept)
