@@ -42,7 +42,8 @@ class NiftiMaskerCore:
 
     The parameters, attributes and results are :class:`daskmask.maskers.NiftiMasker`'s
     (see there); :func:`daskmask._params.param_values` gives the parameters and
-    their values, as ``NiftiMasker.get_params`` does.
+    their values, as ``NiftiMasker.get_params`` does. ``generate_report`` is the
+    estimator's only (the report lists ``get_params``).
     """
 
     _parameter_constraints: Mapping[str, Any] = {

@@ -2,7 +2,8 @@
 
 The work is :class:`~daskmask.maskers._core.NiftiMaskerCore`'s, which does not
 need scikit-learn; this class adds scikit-learn's ``BaseEstimator`` to it
-(``get_params``, ``set_params``, ``clone``, pipelines and grid searches).
+(``get_params``, ``set_params``, ``clone``, pipelines and grid searches) and
+the HTML report.
 """
 
 from __future__ import annotations
