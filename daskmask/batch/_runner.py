@@ -304,10 +304,12 @@ def execute(
     outcomes: list[RunOutcome | None] = [None] * len(prepared)
     summary_lock = threading.Lock()
 
-    def record(index: int, outcome: RunOutcome) -> None:
+    def note(index: int, outcome: RunOutcome) -> None:
         outcomes[index] = outcome
         if progress is not None:
             progress.finished(prepared[index].plan.label or outcome.input, outcome)
+
+    def write() -> None:
         with summary_lock:
             write_summary(output_dir, [o for o in outcomes if o is not None])
 
@@ -340,11 +342,11 @@ def execute(
 
     for index, item in enumerate(prepared):
         if item.action == "skip":
-            record(index, _skipped(item))
+            note(index, _skipped(item))
         elif item.action == "fail":
-            record(
-                index, RunOutcome(item.plan.input, item.plan.output, "failed", error=item.reason)
-            )
+            note(index, RunOutcome(item.plan.input, item.plan.output, "failed", error=item.reason))
+    if any(outcome is not None for outcome in outcomes):
+        write()  # once for the runs decided before masking (each write is an fsync)
     todo = [i for i, item in enumerate(prepared) if item.action == "run"]
     pool = cf.ThreadPoolExecutor(max_workers=max(1, runs_in_flight), thread_name_prefix="run")
     futures: dict[cf.Future[RunOutcome], int] = {}
@@ -363,8 +365,11 @@ def execute(
             done, _ = cf.wait(futures, timeout=0.25, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 index = futures.pop(future)
-                record(index, future.result())
+                # the next run first: writing the summary (an fsync, 10-30 ms) must not
+                # leave its slot idle
                 submit_next()
+                note(index, future.result())
+                write()
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         if on_interrupt is not None:
