@@ -108,6 +108,32 @@ class _InFlight(BatchProgress):
         super().finished(label, outcome)
 
 
+def test_progress_is_drawn_on_a_terminal_only() -> None:
+    """On a terminal (a pseudo-terminal here) rich draws the bars; elsewhere, plain lines."""
+    import io
+    import pty
+
+    leader, follower = pty.openpty()
+    outcome = RunOutcome("in.nii.gz", "out.zarr", "done")
+    with os.fdopen(follower, "w") as terminal:
+        with BatchProgress(1, stream=terminal) as progress:
+            assert progress.enabled
+            progress.started("sub-01")
+            progress.note("dashboard: http://localhost:8787")
+            progress.finished("sub-01", outcome)
+        terminal.flush()
+        drawn = os.read(leader, 1 << 16).decode(errors="replace")
+    os.close(leader)
+    assert "dashboard: http://localhost:8787" in drawn and "runs (1 done)" in drawn
+    plain = io.StringIO()
+    with BatchProgress(1, stream=plain) as progress:
+        assert not progress.enabled
+        progress.started("sub-01")
+        progress.note("dashboard: http://localhost:8787")
+        progress.finished("sub-01", outcome)
+    assert plain.getvalue() == "dashboard: http://localhost:8787\n"
+
+
 def test_runs_in_flight_are_bounded(dataset: Path, tmp_path: Path) -> None:
     """However many runs, at most ``runs_in_flight`` are masked at the same time."""
     import dask

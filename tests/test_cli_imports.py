@@ -21,6 +21,8 @@ from daskmask.datasets import generate_epi, make_fmriprep_derivatives
 
 #: Packages none of these paths needs.
 UNNEEDED = ("sklearn", "scipy.stats", "scipy.interpolate", "matplotlib")
+#: Drawn only on a terminal (the checks run with standard output a pipe).
+OFF_A_TERMINAL = ("rich",)
 
 
 def _run_fresh(code: str) -> dict:
@@ -37,7 +39,7 @@ def _run_fresh(code: str) -> dict:
 
 
 def _unneeded_in(modules: list[str]) -> list[str]:
-    return sorted(name for name in UNNEEDED if name in modules)
+    return sorted(name for name in UNNEEDED + OFF_A_TERMINAL if name in modules)
 
 
 def test_importing_the_command_imports_no_scikit_learn():
