@@ -14,16 +14,20 @@ Fortran-ordered ``(x, y, z, time)`` volumes, so writing a slab is one
 transposition. Measured on the HCP-like run (2.2 GB of int16): the
 transform read 14.8 s through a Zarr array and a rechunk, 5.0 s this way.
 
-**Parallel inflate.** A local ``.nii.gz`` of at least
-:data:`PARALLEL_MIN_BYTES` is inflated by rapidgzip (the ``fast`` extra) on
-every core it may use (up to :data:`PARALLEL_MAX_THREADS`), which splits one
-ordinary gzip stream into chunks decoded side by side. Measured on the
-HCP-like run (1.0 GB compressed, 2.2 GB decoded, 2 cores): 2.8 s against
-3.7-4.4 s for isal alone. Smaller files, objects (a streamed GET cannot be
-read at several offsets at once) and machines with one core use the
-sequential decoder (:func:`decoder_name`). The dask config
-``daskmask.gzip-decoder`` forces one (``"rapidgzip"``, ``"isal.igzip"``,
-``"zlib_ng.gzip_ng"`` or ``"gzip"``; default ``"auto"``).
+**Parallel inflate.** rapidgzip (the ``fast`` extra) splits one ordinary
+gzip stream into chunks that :data:`PARALLEL_THREADS` threads decode side by
+side: the HCP-like run (1.0 GB compressed, 2.2 GB decoded) inflates in 2.8 s
+on 2 cores (5.4 s of CPU), against 3.8-4.1 s for isal alone (3.9 s of CPU).
+But this pass also writes the decoded copy and folds the mean, and on 2
+cores the three compete: the whole HCP-like run took 11.4 s with rapidgzip
+against 10.5 s with isal, and peaked 57-127 MiB higher (benchmarks/README.md,
+"Speed round 3"). So rapidgzip inflates a local file of at least
+:data:`PARALLEL_MIN_BYTES` only where the writer and the folder keep a core
+each besides its threads (:data:`PARALLEL_MIN_CORES`); elsewhere, for
+objects (a streamed GET cannot be read at several offsets at once) and for
+small files, the sequential decoder (:func:`decoder_name`) does. The dask
+config ``daskmask.gzip-decoder`` forces one (``"rapidgzip"``,
+``"isal.igzip"``, ``"zlib_ng.gzip_ng"`` or ``"gzip"``; default ``"auto"``).
 
 The pass reads the stream to its very end, so the decoder checks the CRC32 and
 size of every gzip trailer (no second pass): a flipped bit anywhere in the
@@ -121,6 +125,7 @@ __all__ = [
     "measure_decoders",
     "pass_decoder",
     "source_key",
+    "usable_cores",
 ]
 
 #: Name of the raw file of decoded volumes inside the temporary directory.
@@ -149,9 +154,14 @@ PARALLEL_MIN_BYTES = 32 << 20
 #: the pass's buffers well under the result's size.
 PARALLEL_CHUNK_BYTES = 8 << 20
 
-#: Most threads rapidgzip starts: its buffers grow with them (about 180 MiB
-#: per thread with 8 MiB chunks).
-PARALLEL_MAX_THREADS = 4
+#: Threads of rapidgzip. Its buffers grow with them (about 330 MiB for 2
+#: threads with 8 MiB chunks, measured); more were not measured here.
+PARALLEL_THREADS = 2
+
+#: Cores this process must be allowed to use for ``"auto"`` to pick rapidgzip:
+#: its threads, plus one for the writer and one for the folder. With 2 cores
+#: the sequential decoder made the pass faster (see the module docstring).
+PARALLEL_MIN_CORES = PARALLEL_THREADS + 2
 
 
 def _opener(name: str) -> Callable[..., IO[bytes]] | None:
@@ -181,13 +191,12 @@ def decoder_name() -> str:
     return next(name for name in _DECODERS if _opener(name) is not None)
 
 
-def _parallel_threads() -> int:
-    """Threads of the parallel decoder: the cores this process may use, at most 4."""
+def usable_cores() -> int:
+    """Return the number of cores this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return min(cores, PARALLEL_MAX_THREADS)
+        return os.cpu_count() or 1
 
 
 def _parallel_installed() -> bool:
@@ -204,8 +213,9 @@ def pass_decoder(compressed_bytes: int | None) -> str:
     With the dask config ``daskmask.gzip-decoder`` at ``"auto"`` (the
     default): rapidgzip for a local file of at least
     :data:`PARALLEL_MIN_BYTES` when it is installed and this process may use
-    two cores or more, else :func:`decoder_name`. Any other value forces
-    that decoder.
+    :data:`PARALLEL_MIN_CORES` cores, else :func:`decoder_name`. Any other
+    value forces that decoder (rapidgzip then starts
+    :data:`PARALLEL_THREADS` threads whatever the cores).
 
     Parameters
     ----------
@@ -230,7 +240,7 @@ def pass_decoder(compressed_bytes: int | None) -> str:
         if (
             compressed_bytes is not None
             and compressed_bytes >= PARALLEL_MIN_BYTES
-            and _parallel_threads() >= 2
+            and usable_cores() >= PARALLEL_MIN_CORES
             and _parallel_installed()
         ):
             return PARALLEL_DECODER
@@ -408,6 +418,21 @@ def is_gzip_file(path: str | Location) -> bool:
         return raw.read(2) == b"\x1f\x8b"
 
 
+#: Bytes a sequential decoder inflates per call in the pass.
+_SEQUENTIAL_PIECE = 1 << 20
+
+
+def _fill(stream: Any, target: memoryview, piece: int) -> int:
+    """Fill ``target`` from ``stream``, ``piece`` bytes per read; return the bytes read."""
+    filled = 0
+    while filled < len(target):
+        read = stream.readinto(target[filled : filled + piece])
+        if not read:
+            break
+        filled += read
+    return filled
+
+
 class _UnverifiedEnd(EOFError):
     """The parallel decoder ended where the file's last trailer does not vouch for it."""
 
@@ -473,7 +498,7 @@ def _open_stream(decoder: str | None, raw_file: IO[bytes]) -> Any:
     if decoder is None:
         return contextlib.nullcontext(raw_file)
     if decoder == PARALLEL_DECODER:
-        return _ParallelStream(raw_file, max(2, _parallel_threads()))
+        return _ParallelStream(raw_file, PARALLEL_THREADS)
     opener = _opener(decoder)
     assert opener is not None, decoder  # pass_decoder checked it is installed
     return opener(raw_file, "rb")
@@ -736,6 +761,10 @@ def _inflate(
     # read in pieces, so a stream shorter than its header promises fails
     # before the promised size is allocated.
     slab_bytes = chunk_volumes * volume_bytes
+    # A sequential decoder fills the slab 1 MiB at a time: it inflates into
+    # a small intermediate that stays in the cache before the copy (isal,
+    # HCP-like run: 3.8-3.9 s against 4.0-4.1 s in 31 MiB reads).
+    piece = _SEQUENTIAL_PIECE if decoder not in (None, PARALLEL_DECODER) else slab_bytes
     buffers = (
         [np.empty(slab_bytes, np.uint8) for _ in range(2)]
         if slab_bytes <= DIRECT_ALLOCATION_BYTES
@@ -756,7 +785,7 @@ def _inflate(
                 # The helpers finished with this buffer: their jobs were
                 # awaited before the previous slab was handed over.
                 raw_bytes = memoryview(buffers[index % 2])[: count * volume_bytes]
-                if read_into(stream, raw_bytes) != count * volume_bytes:
+                if _fill(stream, raw_bytes, piece) != count * volume_bytes:
                     raise EOFError(f"the stream ends before volume {start + count - 1}")
             # C-ordered (time, z, y, x) bytes == F-ordered (x, y, z, time).
             raw = np.frombuffer(raw_bytes, dtype=on_disk).reshape(count, *spatial[::-1])
