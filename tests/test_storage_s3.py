@@ -158,6 +158,14 @@ def test_overwrite(s3_server, s3_bucket, signals, local_store):
     dm.save(local.signals.chunk({"voxel": 2000}), url, overwrite=True, mean_img=local.mean_img)
     second = set(keys(s3_server, url))
     assert first != second
+    # the old chunks the new store does not rewrite are gone, those it rewrites replaced
+    n_voxels = local.signals.shape[1]
+    signal_chunks = {key for key in second if key.startswith("signals/c/")}
+    assert signal_chunks == {f"signals/c/0/{index}" for index in range(-(-n_voxels // 2000))}
+    assert_same(read_everything(url), read_everything(local_store))
+    # the same store again: every object is rewritten, none is left over or missing
+    dm.save(local.signals.chunk({"voxel": 2000}), url, overwrite=True, mean_img=local.mean_img)
+    assert set(keys(s3_server, url)) == second
     assert_same(read_everything(url), read_everything(local_store))
 
 
@@ -272,7 +280,7 @@ KILLS = {
     "after-invalidation": """
         backend = _backends.ObjectStoreBackend
         real = backend._remove
-        def _remove(self, location, keep_root):
+        def _remove(self, location, keep_root, keep=frozenset()):
             die()
         backend._remove = _remove
         """,
@@ -281,10 +289,18 @@ KILLS = {
         import numpy as np
         from daskmask._fs import locate
 
-        def kill_mid_write(block):
+        def chunk_versions():
             fs = locate(target).fs
             fs.invalidate_cache()
-            if block.size and len(fs.find(target[5:] + "/signals/c")) >= 2:
+            found = fs.find(target[5:] + "/signals/c", detail=True)
+            return {key: info["ETag"] for key, info in found.items()}
+
+        # an overwrite leaves the old chunks the new store rewrites: count new versions
+        old_chunks = chunk_versions()
+
+        def kill_mid_write(block):
+            written = chunk_versions().items() - old_chunks.items()
+            if block.size and len(written) >= 2:
                 die()
             return block
         X = X.copy(

@@ -30,11 +30,23 @@ Two backends exist:
     never objects of two stores that open as one. Each object is written by
     one PUT (or one multipart upload, which S3 makes visible only when it
     completes), so no object is ever seen half written.
+
+    The metadata (every array's ``zarr.json``, and the small arrays that are
+    already in memory) is first written by xarray into an in-memory staging
+    store and then sent in one batch of concurrent PUTs
+    (:meth:`ObjectStoreBackend.publish`): written straight to the object
+    store, xarray's and zarr's checks and writes took 70-80 sequential
+    requests (0.4-0.9 s on a local S3 server). An overwrite deletes only
+    the old objects the new store does not write again: the chunks it writes
+    at the same keys are replaced by their PUTs (all of them before the
+    marker, or the write failed and everything is removed), which spares a
+    deletion of every chunk (0.6 s for the HCP-like run's 90 objects).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -85,6 +97,8 @@ class WriteTarget:
         The ``to_zarr`` mode to write with.
     state : dict
         What the backend needs to commit or abort (work folder, lease, ...).
+    staging : zarr.abc.store.Store or None
+        The store the metadata is written into first, or None (into ``store``).
 
     """
 
@@ -92,6 +106,9 @@ class WriteTarget:
     store: Any
     mode: str
     state: dict[str, Any] = field(default_factory=dict)
+    #: Where ``to_zarr`` writes the metadata first (None: into ``store``);
+    #: :meth:`StoreBackend.publish` then puts it in place.
+    staging: Any = None
 
 
 def mark_complete(store: Any, tree: StoreTree) -> None:
@@ -121,6 +138,10 @@ class StoreBackend(ABC):
     @abstractmethod
     def begin(self, location: Location, overwrite: bool) -> WriteTarget:
         """Prepare the write of a new store to ``location``; return where to write it."""
+
+    def publish(self, target: WriteTarget) -> None:  # noqa: B027 - optional hook
+        """Put the metadata written into ``target.staging`` in place (nothing by default)."""
+        return None
 
     @abstractmethod
     def commit(self, target: WriteTarget, overwrite: bool) -> None:
@@ -259,10 +280,15 @@ class ObjectStoreBackend(StoreBackend):
         }
         return json.dumps(document, indent=2).encode()
 
-    def _remove(self, location: Location, keep_root: bool) -> None:
-        """Delete the store's objects; the root last, or not at all with ``keep_root``."""
+    def _remove(
+        self, location: Location, keep_root: bool, keep: frozenset[str] = frozenset()
+    ) -> None:
+        """Delete the store's objects; the root last, or not at all with ``keep_root``.
+
+        Keys in ``keep`` are not deleted (the new store writes them again).
+        """
         base = self._base(location)
-        keys = sorted(ObjectTree(location).keys() - {ROOT})
+        keys = sorted(ObjectTree(location).keys() - {ROOT} - keep)
         with storage_errors(location.url):
             if keys:
                 location.fs.rm([f"{base}/{key}" for key in keys])
@@ -271,20 +297,39 @@ class ObjectStoreBackend(StoreBackend):
                     location.fs.rm_file(f"{base}/{ROOT}")
 
     def begin(self, location: Location, overwrite: bool) -> WriteTarget:  # noqa: D102
-        from zarr.storage import FsspecStore
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import FsspecStore, MemoryStore
 
         self.check_target(location, overwrite)
         found = ObjectTree(location).keys()
         replaced = ROOT in found
         base = self._base(location)
+        placeholder = self._placeholder()
         with storage_errors(location.url):
             # first the root that says incomplete: it invalidates an old store in one PUT
-            location.fs.pipe_file(f"{base}/{ROOT}", self._placeholder())
-        if found:
-            self._remove(location, keep_root=True)
+            location.fs.pipe_file(f"{base}/{ROOT}", placeholder)
         with storage_errors(location.url):
             store = FsspecStore.from_url(location.url, storage_options=location.storage_options)
-        return WriteTarget(location, store, "a", {"replaced": replaced})
+        # The metadata is written into memory first, over the same root (see publish).
+        staged: dict[str, Any] = {ROOT: default_buffer_prototype().buffer.from_bytes(placeholder)}
+        state = {"replaced": replaced, "found": found, "staged": staged}
+        return WriteTarget(location, store, "a", state, staging=MemoryStore(staged))
+
+    def publish(self, target: WriteTarget) -> None:
+        """Delete the old objects the new store does not rewrite, then PUT its metadata.
+
+        The staged objects (metadata and small arrays) go in one batch of
+        concurrent PUTs. The old objects at keys the new store writes (its
+        metadata now, its chunks during the computation) are left to be
+        replaced; an interrupted write leaves the root that says incomplete.
+        """
+        location = target.location
+        staged: dict[str, Any] = target.state["staged"]
+        if target.state["found"] - {ROOT}:
+            self._remove(location, keep_root=True, keep=written_keys(target.staging, staged))
+        base = self._base(location)
+        with storage_errors(location.url):
+            location.fs.pipe({f"{base}/{key}": value.to_bytes() for key, value in staged.items()})
 
     def commit(self, target: WriteTarget, overwrite: bool) -> None:  # noqa: D102
         with storage_errors(target.location.url):
@@ -318,6 +363,23 @@ class ObjectStoreBackend(StoreBackend):
         return CheckedFsspecStore(
             plain.fs, plain.path, label=location.url, read_only=True, arrays=arrays
         )
+
+
+def written_keys(store: Any, staged: dict[str, Any]) -> frozenset[str]:
+    """Return every key a store being written will hold: its staged objects and every chunk.
+
+    ``store`` holds the metadata of every array (``staged`` is its content);
+    the chunk keys come from each array's shape, chunk shape and key encoding.
+    """
+    keys = set(staged)
+    group = zarr.open_group(store, mode="r", zarr_format=3)
+    for name, array in group.arrays():
+        ranges = (range(count) for count in array.cdata_shape)
+        keys.update(
+            f"{name}/{array.metadata.encode_chunk_key(coords)}"
+            for coords in itertools.product(*ranges)
+        )
+    return frozenset(keys)
 
 
 #: The backends, asked in order; the first that handles a location is used.

@@ -280,7 +280,7 @@ def begin_store(plan: StorePlan) -> PendingStore:
     try:
         with store_errors(plan.location):
             _without_lazy_data(plan.dataset).to_zarr(
-                target.store,
+                target.store if target.staging is None else target.staging,
                 mode=target.mode,
                 compute=False,  # metadata and in-memory arrays now, no lazy chunk
                 zarr_format=3,
@@ -289,6 +289,7 @@ def begin_store(plan: StorePlan) -> PendingStore:
                 # every chunk written, even one of fill values only: a missing chunk is damage
                 write_empty_chunks=True,
             )
+            plan.backend.publish(target)
             writes = _chunk_writes(plan.dataset, target.store)
     except BaseException as error:
         plan.backend.abort(target, error)
