@@ -33,6 +33,7 @@ from daskmask.reading._decode import (
     _UnverifiedEnd,
     decode_once,
     decoder_name,
+    measure_decoders,
     pass_decoder,
     usable_cores,
 )
@@ -238,3 +239,11 @@ def test_forced_sequential_decoder_equals_the_parallel_one(tmp_path, payload):
         assert decoded.encoding["decoded_with"] == name
         results[name] = (decoded.values.tobytes(), mean.tobytes())
     assert results[PARALLEL_DECODER] == results["gzip"]
+
+
+def test_measure_decoders_times_the_parallel_one_too(tmp_path, payload):
+    content, _ = payload
+    path = _write(tmp_path, "run.nii.gz", gzip.compress(content, compresslevel=1))
+    speeds = measure_decoders(path, block=4 << 20)
+    assert {PARALLEL_DECODER, decoder_name(), "gzip"} <= set(speeds)
+    assert all(speed > 0 for speed in speeds.values())

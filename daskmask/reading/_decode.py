@@ -39,11 +39,13 @@ error of rapidgzip, a short stream, a file of several gzip members, padding
 after the last member) makes the sequential decoder redo the pass from the
 first byte, and its verdict is final: a damaged file raises the same error
 as without rapidgzip, a valid file the parallel pass refused is decoded in a
-second pass. It decodes the file
-version :func:`~daskmask.reading.open_nifti` recorded, and every read of the
-copy checks that the file is still that version, so a run replaced on disk
-after ``fit`` raises :class:`~daskmask.exceptions.InputChangedError` instead of
-silently giving the old data. A full scratch disk raises
+second pass.
+
+The pass decodes the file version :func:`~daskmask.reading.open_nifti`
+recorded, and every read of the copy checks that the file is still that
+version, so a run replaced on disk after ``fit`` raises
+:class:`~daskmask.exceptions.InputChangedError` instead of silently giving
+the old data. A full scratch disk raises
 :class:`~daskmask.exceptions.ScratchSpaceError`.
 
 An object in a store (``s3://...``) is streamed from its first byte
@@ -265,6 +267,9 @@ def pass_decoder(compressed_bytes: int | None) -> str:
 def measure_decoders(path: str | os.PathLike[str], block: int = 64 << 20) -> dict[str, float]:
     """Time one full inflate of ``path`` with each installed decoder.
 
+    rapidgzip (with :data:`PARALLEL_THREADS` threads) included, with the end
+    checks of the pass.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -279,14 +284,16 @@ def measure_decoders(path: str | os.PathLike[str], block: int = 64 << 20) -> dic
 
     """
     speeds = {}
-    for name in _DECODERS:
-        opener = _opener(name)
-        if opener is None:
+    buffer = memoryview(bytearray(block))
+    for name in (PARALLEL_DECODER, *_DECODERS):
+        if (name == PARALLEL_DECODER and not _parallel_installed()) or (
+            name != PARALLEL_DECODER and _opener(name) is None
+        ):
             continue
         start, total = time.perf_counter(), 0
-        with opener(os.fspath(path), "rb") as stream:
-            while chunk := stream.read(block):
-                total += len(chunk)
+        with open(path, "rb") as raw, _open_stream(name, raw) as stream:
+            while count := stream.readinto(buffer):
+                total += count
         speeds[name] = total / (time.perf_counter() - start) / 1e9
     return speeds
 
