@@ -79,6 +79,23 @@ def test_storage_options_from_dask_config(s3_server, s3_bucket):
     assert options["config_kwargs"]["retries"]["max_attempts"] == 3
 
 
+def test_upload_checksums_only_where_required(s3_server, s3_bucket, monkeypatch):
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
+    location = locate(f"s3://{s3_bucket}/checked.bin")
+    assert location.storage_options["config_kwargs"]["request_checksum_calculation"] == (
+        "when_required"
+    )
+    location.fs.pipe_file(location.path, b"x" * 1000)
+    assert location.read_range(0, 1000) == b"x" * 1000
+    # the user's choice wins, in the options or in the environment
+    mine = {"config_kwargs": {"request_checksum_calculation": "when_supported"}}
+    asked = locate(f"s3://{s3_bucket}/x", storage_options=mine).storage_options
+    assert asked["config_kwargs"]["request_checksum_calculation"] == "when_supported"
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    from_environment = locate(f"s3://{s3_bucket}/y").storage_options["config_kwargs"]
+    assert "request_checksum_calculation" not in from_environment
+
+
 @pytest.mark.parametrize("missing", ["object", "bucket"])
 def test_s3_missing_object_or_bucket(s3_server, s3_bucket, missing):
     url = f"s3://{s3_bucket}/nope.nii" if missing == "object" else "s3://no-such-bucket-x/a.nii"
