@@ -8,6 +8,10 @@ signals, bit for bit, with the same ``attrs`` (the parameters recorded there are
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator
@@ -109,3 +113,22 @@ def test_the_core_validates_as_the_estimator(run_path, params, error):
             masker_class(**params).fit(str(run_path))
         messages.append(str(raised.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_first_masker_import_pauses_and_freezes_the_collector(collecting):
+    """What the import made is frozen; the collector is left as the caller had it."""
+    code = (
+        "import gc, json\n"
+        f"gc.enable() if {collecting} else gc.disable()\n"
+        "import daskmask as dm\n"
+        "frozen = gc.get_freeze_count()\n"
+        "dm.NiftiMasker\n"
+        "print(json.dumps([gc.isenabled(), frozen, gc.get_freeze_count()]))"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    enabled, frozen_before, frozen_after = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert enabled is collecting
+    assert frozen_before == 0 and frozen_after > 100_000  # the stack's objects

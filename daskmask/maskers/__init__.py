@@ -5,6 +5,7 @@ and importing scikit-learn takes about 0.5 s, which code that only needs
 :mod:`daskmask.maskers._core` (the batch command) does without.
 """
 
+import gc
 import importlib
 
 __all__ = ["MultiNiftiMasker", "NiftiMasker"]
@@ -19,7 +20,22 @@ _LAZY = {
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    # The first masker imports the scientific stack and scikit-learn (1.2-1.5 s). Python's
+    # cyclic garbage collector would walk what those imports create again and again (three
+    # full collections during the imports, more during the first fit; modules, classes and
+    # functions are no garbage): it pauses during the imports, and what exists then is
+    # frozen, left out of later collections (measured on the walkthrough run, import and
+    # fit_transform: 0.1 s less; benchmarks/README.md, "Many runs", Round 4). Objects
+    # that exist then and later become cyclic garbage are not reclaimed: freed by reference
+    # counting, as most are, they are unaffected.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
