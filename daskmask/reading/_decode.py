@@ -691,14 +691,17 @@ def _decode(
             return _inflate(spec, raw_file, tuple(run.shape), run.dtype, chunk_volumes, fd, name)
 
     try:
+        mean = None
         try:
             mean = inflate(decoder)
         except (OSError, EOFError, zlib.error, ValueError, RuntimeError) as error:
             if decoder != PARALLEL_DECODER or getattr(error, "errno", None) in _NO_SPACE:
                 raise
+        if mean is None:
             # Not a clean end of the parallel pass: the sequential decoder
             # redoes it from the first byte and decides (a damaged file
-            # raises its error, a valid one is decoded).
+            # raises its error, a valid one is decoded). Outside the except
+            # block, so the first pass's buffers are freed first.
             raw_file.seek(0)
             decoder = decoder_name()
             mean = inflate(decoder)
