@@ -116,8 +116,8 @@ def test_the_core_validates_as_the_estimator(run_path, params, error):
 
 
 @pytest.mark.parametrize("collecting", [True, False])
-def test_the_first_masker_import_pauses_and_freezes_the_collector(collecting):
-    """What the import made is frozen; the collector is left as the caller had it."""
+def test_the_first_masker_import_leaves_the_collector_as_it_was(collecting):
+    """Nothing of the caller's is frozen; the collector is left as the caller had it."""
     code = (
         "import gc, json\n"
         f"gc.enable() if {collecting} else gc.disable()\n"
@@ -131,4 +131,4 @@ def test_the_first_masker_import_pauses_and_freezes_the_collector(collecting):
     )
     enabled, frozen_before, frozen_after = json.loads(finished.stdout.strip().splitlines()[-1])
     assert enabled is collecting
-    assert frozen_before == 0 and frozen_after > 100_000  # the stack's objects
+    assert frozen_before == frozen_after == 0

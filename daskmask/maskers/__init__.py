@@ -20,20 +20,17 @@ _LAZY = {
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # The first masker imports the scientific stack and scikit-learn (1.2-1.5 s). Python's
-    # cyclic garbage collector would walk what those imports create again and again (three
-    # full collections during the imports, more during the first fit; modules, classes and
-    # functions are no garbage): it pauses during the imports, and what exists then is
-    # frozen, left out of later collections (measured on the walkthrough run, import and
-    # fit_transform: 0.1 s less; benchmarks/README.md, "Many runs", Round 4). Objects
-    # that exist then and later become cyclic garbage are not reclaimed: freed by reference
-    # counting, as most are, they are unaffected.
+    # The first masker imports the scientific stack and scikit-learn (1.2-1.5 s); Python's
+    # cyclic garbage collector would walk what those imports create three times over, though
+    # modules, classes and functions are no garbage: it pauses during the imports and is
+    # then left as the caller had it. Nothing is frozen (gc.freeze): a library must not
+    # take its caller's existing objects out of the collections (cyclic garbage among them
+    # would never be reclaimed); the daskmask command, which owns its process, does freeze.
     collecting = gc.isenabled()
     gc.disable()
     try:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     finally:
-        gc.freeze()
         if collecting:
             gc.enable()
     globals()[name] = value  # later lookups skip __getattr__
