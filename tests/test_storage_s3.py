@@ -169,6 +169,15 @@ def test_overwrite(s3_server, s3_bucket, signals, local_store):
     assert_same(read_everything(url), read_everything(local_store))
 
 
+def test_memory_url_store(signals, local_store):
+    # an fsspec file system whose listings name keys differently ("/" first)
+    url = "memory://daskmask-tests/sub-01.zarr"
+    dm.save(signals, url, overwrite=True)
+    assert_same(read_everything(url), read_everything(local_store))
+    dm.save(signals.chunk({"voxel": 2000}), url, overwrite=True)
+    assert_same(read_everything(url), read_everything(local_store))
+
+
 @pytest.mark.timeout(60)
 def test_only_stores_are_replaced(s3_server, s3_bucket, signals):
     fs = s3_server.filesystem()

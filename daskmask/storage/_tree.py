@@ -121,7 +121,10 @@ class ObjectTree(StoreTree):
 
     @property
     def _base(self) -> str:
-        return self.location.path.rstrip("/")
+        # As the file system names its keys in listings (memory:// puts a "/" first).
+        with storage_errors(self.location.url):
+            fs = self.location.fs
+        return str(fs._strip_protocol(self.location.path)).rstrip("/")
 
     def keys(self) -> set[str]:
         """Return every key of the store (listed once)."""
