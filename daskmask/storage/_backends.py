@@ -46,7 +46,6 @@ Two backends exist:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -69,6 +68,8 @@ from daskmask.storage._integrity import (
     CheckedFsspecStore,
     CheckedLocalStore,
     build_manifest,
+    chunk_grid,
+    chunk_keys,
 )
 from daskmask.storage._tree import STORE_KEY, LocalTree, ObjectTree, StoreTree
 
@@ -369,16 +370,13 @@ def written_keys(store: Any, staged: dict[str, Any]) -> frozenset[str]:
     """Return every key a store being written will hold: its staged objects and every chunk.
 
     ``store`` holds the metadata of every array (``staged`` is its content);
-    the chunk keys come from each array's shape, chunk shape and key encoding.
+    the chunk keys come from each array's shape and chunk shape.
     """
     keys = set(staged)
     group = zarr.open_group(store, mode="r", zarr_format=3)
     for name, array in group.arrays():
-        ranges = (range(count) for count in array.cdata_shape)
-        keys.update(
-            f"{name}/{array.metadata.encode_chunk_key(coords)}"
-            for coords in itertools.product(*ranges)
-        )
+        grid = chunk_grid(array.shape, array.chunks)
+        keys.update(f"{name}/{key}" for key in chunk_keys(grid))
     return frozenset(keys)
 
 
