@@ -55,6 +55,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,11 @@ __all__ = [
 LOCK_FILE = ".daskmask-lease.lock"
 #: Name of the JSON owner record, inside the directory.
 RECORD_FILE = ".daskmask-lease.json"
+
+#: Seconds :meth:`Lease.acquire` waits for a cleaner that is testing the
+#: directory: the test holds the lock for as long as it takes to read the
+#: record (well under a millisecond on a local disk).
+CLEANER_WAIT_SECONDS = 5.0
 
 
 def _boot_id() -> str | None:
@@ -159,24 +165,37 @@ class Lease:
         Raises
         ------
         BlockingIOError
-            If another live process holds a lease on ``directory``.
+            If another live process holds a lease on ``directory`` (a
+            cleaner testing it is waited for, up to
+            :data:`CLEANER_WAIT_SECONDS`).
         OSError
             If the lock file or the record cannot be written.
 
         """
         directory = Path(directory)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            # Lock first, record second: a checker that gets the lock and finds
-            # no record leaves the directory alone.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise BlockingIOError(
-                    error.errno, f"{directory} is leased by another live process"
-                ) from None
-            raise
+        # Lock first, record second: a checker that gets the lock and finds
+        # no record leaves the directory alone. Such a checker (another run's
+        # clean-up of dead scratch, possibly a thread of this process) may
+        # hold the lock of a directory created an instant ago for the time
+        # of its test: wait for it, within a bound, rather than fail.
+        deadline = time.monotonic() + CLEANER_WAIT_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise BlockingIOError(
+                        error.errno, f"{directory} is leased by another live process"
+                    ) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
         record = _own_record()
         try:
             partial = directory / f"{RECORD_FILE}.{os.getpid()}.tmp"

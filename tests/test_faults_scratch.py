@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import dask
 import pytest
 
+from daskmask import _lease as lease_module
 from daskmask._lease import LOCK_FILE, RECORD_FILE, Lease, owner_is_dead, read_record
 from daskmask._lease import remove_if_dead as lease_remove_if_dead
 from daskmask._scratch import TemporaryStore
@@ -168,7 +170,8 @@ def test_killed_client_scratch_is_removed_by_the_next_run(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_lease_records_and_conservative_verdicts(tmp_path):
+def test_lease_records_and_conservative_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease_module, "CLEANER_WAIT_SECONDS", 0.2)  # a live owner: give up soon
     directory = tmp_path / "owned"
     directory.mkdir()
     assert not owner_is_dead(directory)  # not leased: left alone
@@ -196,6 +199,29 @@ def test_lease_records_and_conservative_verdicts(tmp_path):
     (directory / RECORD_FILE).unlink()
     assert not owner_is_dead(directory)
     assert directory.is_dir()
+
+
+@pytest.mark.timeout(30)
+def test_a_new_lease_waits_for_a_cleaner_testing_its_directory(tmp_path):
+    """A run's clean-up may test a directory another run has just made (a 32-run batch did).
+
+    The test holds the lock while it reads the record: the owner must wait for it, not fail.
+    """
+    directory = tmp_path / "daskmask-decoded-new"
+    directory.mkdir()
+    (directory / LOCK_FILE).touch()  # the owner's first step; its lock comes next
+    acquired: list[object] = []
+    with lease_module._lock_if_dead(directory) as dead:  # the cleaner's test, lock held
+        assert not dead  # no record yet: left alone
+        owner = threading.Thread(target=lambda: acquired.append(Lease.acquire(directory)))
+        owner.start()
+        time.sleep(0.3)  # the owner is now waiting for the lock
+        assert not acquired
+    owner.join(10)
+    assert len(acquired) == 1 and acquired[0].held
+    assert read_record(directory)["pid"] == os.getpid()
+    assert not owner_is_dead(directory)
+    acquired[0].release()
 
 
 @pytest.mark.timeout(30)
