@@ -63,6 +63,15 @@ phases = {}
 def slabs():
     return [(s, min(slab_volumes, nt - s)) for s in range(0, nt, slab_volumes)]
 
+def each_read_slab(part, use):
+    # Thread `part` of 2 reads every other slab into one reused buffer, then uses it.
+    buffer = np.empty(slab_volumes * volume, np.int16)
+    for index, (start, count) in enumerate(slabs()):
+        if index % 2 == part:
+            view = buffer[: count * volume]
+            os.preadv(source_fd, [view], source_offset + start * volume * 2)
+            use(start, view.reshape(count, volume))
+
 # Pass 1: the mean, and (for a .nii.gz) a decoded copy to read back.
 t = time.perf_counter()
 sums = [np.zeros(volume, np.int64) for _ in range(2)]
@@ -92,13 +101,9 @@ if path.endswith(".gz"):
 else:
     source_fd, source_offset = os.open(path, os.O_RDONLY), offset
     def fold_slabs(part):
-        buffer = np.empty(slab_volumes * volume, np.int16)
-        for index, (start, count) in enumerate(slabs()):
-            if index % 2 != part:
-                continue
-            view = buffer[: count * volume]
-            os.preadv(source_fd, [view], source_offset + start * volume * 2)
-            sums[part] += view.reshape(count, volume).sum(0, dtype=np.int32)
+        def fold(start, slab):
+            sums[part] += slab.sum(0, dtype=np.int32)
+        each_read_slab(part, fold)
     list(pool.map(fold_slabs, range(2)))
 mean = (sums[0] + sums[1]) / nt
 phases["mean pass"] = time.perf_counter() - t
@@ -110,15 +115,9 @@ phases["mask"] = time.perf_counter() - t
 # Pass 2: gather the mask's voxels of every volume into the result.
 t = time.perf_counter()
 signals = np.empty((nt, n_voxels), np.float32)
-def gather(part):
-    buffer = np.empty(slab_volumes * volume, np.int16)
-    for index, (start, count) in enumerate(slabs()):
-        if index % 2 != part:
-            continue
-        view = buffer[: count * volume]
-        os.preadv(source_fd, [view], source_offset + start * volume * 2)
-        signals[start : start + count] = view.reshape(count, volume)[:, voxels]
-list(pool.map(gather, range(2)))
+def gather(start, slab):
+    signals[start : start + len(slab)] = slab[:, voxels]
+list(pool.map(lambda part: each_read_slab(part, gather), range(2)))
 phases["gather pass"] = time.perf_counter() - t
 
 # Cleaning: linear detrend then z-score (sample std), column tiles on two threads.
