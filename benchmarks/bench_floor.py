@@ -185,20 +185,17 @@ def main() -> None:
             print(f"{job}: {measured.seconds:.2f} s, {measured.peak_mib:.0f} MiB", flush=True)
     best = {job: min(run["seconds"] for run in runs) for job, runs in results.items()}
     summary = {"input": path, "load": os.getloadavg(), "best_seconds": best, "runs": results}
-    if "decode-pass" in best:
-        summary["floor_over_decode_pass"] = best["floor"] / best["decode-pass"]
-        summary["daskmask_over_decode_pass"] = best["daskmask-memory"] / best["decode-pass"]
-        print(
-            f"floor x{summary['floor_over_decode_pass']:.2f} of one decode pass, "
-            f"daskmask x{summary['daskmask_over_decode_pass']:.2f} (best of {args.repeat})"
-        )
-    if "nilearn" in best:
-        summary["floor_over_nilearn"] = best["floor"] / best["nilearn"]
-        summary["daskmask_over_nilearn"] = best["daskmask-memory"] / best["nilearn"]
-        print(
-            f"floor x{summary['floor_over_nilearn']:.3f} of nilearn, "
-            f"daskmask x{summary['daskmask_over_nilearn']:.3f} (best of {args.repeat})"
-        )
+    # target 1's reference is one decode pass, target 2's nilearn
+    references = (("decode-pass", "one decode pass", 2), ("nilearn", "nilearn", 3))
+    for reference, label, digits in references:
+        if reference in best:
+            key = reference.replace("-", "_")
+            summary[f"floor_over_{key}"] = best["floor"] / best[reference]
+            summary[f"daskmask_over_{key}"] = best["daskmask-memory"] / best[reference]
+            print(
+                f"floor x{summary[f'floor_over_{key}']:.{digits}f} of {label}, daskmask "
+                f"x{summary[f'daskmask_over_{key}']:.{digits}f} (best of {args.repeat})"
+            )
     if args.output is not None:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")
 

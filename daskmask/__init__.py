@@ -5,8 +5,7 @@ by reductions over time chunks on Dask; the masker follows nilearn's
 parameters, defaults and results.
 """
 
-import importlib
-
+from daskmask._lazy import lazy_names
 from daskmask._version import __version__
 
 __all__ = [
@@ -59,15 +58,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'daskmask' has no attribute {name!r}")
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attribute is None else getattr(module, attribute)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
