@@ -122,8 +122,19 @@ def test_progress_is_drawn_on_a_terminal_only() -> None:
             progress.note("dashboard: http://localhost:8787")
             progress.finished("sub-01", outcome)
         terminal.flush()
-        drawn = os.read(leader, 1 << 16).decode(errors="replace")
+    # One read returns what the line discipline has buffered so far, not all that was
+    # written: read until the closed terminal reports its end (EIO on Linux).
+    pieces = []
+    while True:
+        try:
+            piece = os.read(leader, 1 << 16)
+        except OSError:
+            break
+        if not piece:
+            break
+        pieces.append(piece)
     os.close(leader)
+    drawn = b"".join(pieces).decode(errors="replace")
     assert "dashboard: http://localhost:8787" in drawn and "runs (1 done)" in drawn
     plain = io.StringIO()
     with BatchProgress(1, stream=plain) as progress:
