@@ -39,7 +39,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_masker import peak_of_tree, run_job  # noqa: E402 - the jobs and measure of make bench
+from bench_masker import (  # noqa: E402 - the jobs and measure of make bench
+    compile_bytecode,
+    peak_of_tree,
+    run_job,
+)
 
 #: The minimal program, run in a fresh interpreter so that its start-up is counted.
 FLOOR_JOB = r"""
@@ -156,6 +160,7 @@ def main() -> None:
     parser.add_argument("--skip-nilearn", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    compile_bytecode()
     path = str(Path(args.input).resolve())
     results: dict[str, list[dict[str, object]]] = {"floor": [], "daskmask-memory": []}
     if path.endswith(".gz"):

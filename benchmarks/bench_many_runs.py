@@ -46,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench_masker import peak_of_tree
+from bench_masker import compile_bytecode, peak_of_tree
 
 HERE = Path(__file__).resolve().parent
 SHAPE = (64, 64, 40)
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=HERE / "results-many-runs.json")
     args = parser.parse_args(argv)
+    compile_bytecode()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="daskmask-many-runs-"))
     measurements: list[Measurement] = []
