@@ -109,6 +109,12 @@ class Measurement:
     detail: str
 
 
+#: Where each job's interpreter starts. ``python -c`` puts its working directory first on
+#: ``sys.path``: started in the repository, a job would import the working tree's daskmask
+#: even when ``PYTHONPATH`` names another commit's worktree to measure.
+JOB_DIRECTORY = Path(__file__).resolve().parent
+
+
 def compile_bytecode(package: Path | None = None) -> None:
     """Write the bytecode of daskmask's modules before anything is timed.
 
@@ -156,7 +162,7 @@ def run_job(
     name: str, job: str, path: Path, out: Path, memory_limit_mib: int | None
 ) -> Measurement:
     """Run one job in a fresh Python process and measure it."""
-    code = f"PATH = {str(path)!r}\nOUT = {str(out)!r}\n" + JOBS[job]
+    code = f"PATH = {str(path.resolve())!r}\nOUT = {str(out.resolve())!r}\n" + JOBS[job]
     limit = []
     if memory_limit_mib:
         # nilearn on a larger-than-memory run must fail, not take the machine down.
@@ -167,6 +173,7 @@ def run_job(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=JOB_DIRECTORY,
     )
     peak, output = peak_of_tree(process)
     seconds = time.perf_counter() - start
@@ -188,7 +195,11 @@ def time_import(repeats: int = 3) -> Measurement:
     seconds = []
     for _ in range(repeats):
         completed = subprocess.run(
-            [sys.executable, "-c", IMPORT_CODE], capture_output=True, text=True, check=False
+            [sys.executable, "-c", IMPORT_CODE],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=JOB_DIRECTORY,
         )
         if completed.returncode != 0:
             return Measurement("startup", "import-daskmask", 0.0, 0.0, False, completed.stderr)
