@@ -164,6 +164,10 @@ def run_job(
         stderr=subprocess.STDOUT,
         text=True,
         env=environment,
+        # python -c puts its working directory first on sys.path: started in the
+        # repository, the baseline job would import the working tree's daskmask, not
+        # the worktree that PYTHONPATH names
+        cwd=Path(__file__).resolve().parent,
     )
     roots = [psutil.Process(process.pid), *(psutil.Process(pid) for pid in cluster_pids)]
     peak, peak_worker = 0, 0
