@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _isolated_cluster import can_unshare, start_isolated_cluster  # noqa: E402
 from _s3rver import SERVERS, RunningServer, remove_s3rver_data, start_s3_server  # noqa: E402
+from bench_masker import compile_bytecode  # noqa: E402
 
 PARAMS = 'mask_strategy="epi", detrend=True, standardize="zscore_sample"'
 
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results-cluster.json"))
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    compile_bytecode()
     load_before = list(os.getloadavg())
 
     path = hcp_run(args.workdir, args.timepoints)
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline and "local-threads-before" in args.jobs
             else None
         )
+        if tree is not None:
+            compile_bytecode(tree / "daskmask")
         if {"s3-threads", "s3-isolated"} & set(args.jobs):
             for kind in args.s3_server:
                 servers[kind] = serve_run(kind, args.workdir, path)
