@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import io
 import json
 import os
 import stat as _stat
@@ -384,6 +385,216 @@ async def fill_from_stream(stream: Any, view: memoryview, piece: int = 8 << 20) 
         view[filled : filled + len(chunk)] = chunk
         filled += len(chunk)
     return filled
+
+
+class BufferBody(io.BytesIO):
+    """A read-only, seekable file over memory another object owns (no copy).
+
+    botocore wraps a ``bytes`` body in an :class:`io.BytesIO`, which shares
+    the bytes until aiohttp asks for its buffer (to learn the size) and so
+    copies them then; the ``bytes`` themselves are already a copy of the
+    encoded chunk. This file serves the chunk's own memory instead: aiohttp
+    reads it in 256 KiB pieces, as it reads any BytesIO, and botocore rewinds
+    it (``seek``) for a retry. Nothing else of :class:`io.BytesIO` is
+    available (writing raises :class:`io.UnsupportedOperation`).
+
+    Parameters
+    ----------
+    data : buffer
+        C-contiguous bytes (a ``memoryview``, a NumPy array, ``bytes``); they
+        must not change until the upload is done.
+
+    """
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._offset = 0
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def readable(self) -> bool:  # noqa: D102
+        self._check_open()
+        return True
+
+    def seekable(self) -> bool:  # noqa: D102
+        self._check_open()
+        return True
+
+    def writable(self) -> bool:  # noqa: D102
+        self._check_open()
+        return False
+
+    def tell(self) -> int:  # noqa: D102
+        self._check_open()
+        return self._offset
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:  # noqa: D102
+        self._check_open()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._offset, io.SEEK_END: len(self._view)}
+        if whence not in base:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        position = base[whence] + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._offset = position
+        return position
+
+    def read(self, size: int | None = -1) -> bytes:  # noqa: D102
+        self._check_open()
+        start = min(self._offset, len(self._view))
+        end = len(self._view) if size is None or size < 0 else min(start + size, len(self._view))
+        self._offset = max(self._offset, end)
+        return bytes(self._view[start:end])
+
+    read1 = read
+
+    def readinto(self, buffer: Any) -> int:  # noqa: D102
+        target = memoryview(buffer).cast("B")
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    readinto1 = readinto
+
+    def readline(self, size: int | None = -1) -> bytes:  # noqa: D102
+        self._check_open()
+        start = min(self._offset, len(self._view))
+        newline = bytes(self._view[start:]).find(b"\n")
+        length = len(self._view) - start if newline < 0 else newline + 1
+        return self.read(length if size is None or size < 0 else min(size, length))
+
+    def getbuffer(self) -> memoryview:
+        """Return a read-only view of the whole content (no copy)."""
+        self._check_open()
+        return self._view.toreadonly()
+
+    def getvalue(self) -> bytes:
+        """Return the whole content (a copy)."""
+        self._check_open()
+        return bytes(self._view)
+
+    def write(self, data: Any) -> int:  # noqa: D102
+        raise io.UnsupportedOperation("a BufferBody is read-only")
+
+    def writelines(self, lines: Any) -> None:  # noqa: D102
+        raise io.UnsupportedOperation("a BufferBody is read-only")
+
+    def truncate(self, size: int | None = None) -> int:  # noqa: D102
+        raise io.UnsupportedOperation("a BufferBody is read-only")
+
+    def close(self) -> None:  # noqa: D102
+        self._view = memoryview(b"")  # drop the reference to the owner's memory
+        super().close()
+
+
+class UploadBuffer:
+    """Bytes to upload that botocore turns into a fresh :class:`BufferBody` per request.
+
+    s3fs takes the length of what it uploads and slices it for multipart
+    uploads; a file object given as the body of every attempt would be read
+    from where the failed attempt stopped when s3fs retries an upload (a
+    new request). An :class:`UploadBuffer` is not a file: the hook
+    :func:`_upload_body` makes each request's own body, at offset 0, as
+    botocore does for ``bytes``.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, data: Any) -> None:
+        self.view = memoryview(data).cast("B")
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, key: slice) -> UploadBuffer:
+        if not isinstance(key, slice):
+            raise TypeError("an UploadBuffer is sliced, not indexed")
+        return UploadBuffer(self.view[key])
+
+
+def _upload_body(params: dict[str, Any], **kwargs: Any) -> None:
+    """Turn an UploadBuffer body into a file (a botocore ``before-parameter-build`` hook)."""
+    body = params.get("Body")
+    if isinstance(body, UploadBuffer):
+        params["Body"] = BufferBody(body.view)
+
+
+#: The S3 operations whose body :func:`pipe_buffer` hands over without a copy.
+_UPLOAD_EVENTS = (
+    "before-parameter-build.s3.PutObject",
+    "before-parameter-build.s3.UploadPart",
+)
+
+
+async def pipe_buffer(fs: Any, path: str, data: Any) -> None:
+    """Write ``data`` as the object ``path`` of the async file system ``fs``.
+
+    With s3fs the memory of ``data`` is sent as it is: zarr's ``FsspecStore``
+    gives ``bytes(chunk)`` (a copy), and botocore's BytesIO of those bytes is
+    copied once more by aiohttp; two copies of every chunk being uploaded
+    (15 MB each for the HCP-like run, one upload per dask thread) were part
+    of the peak memory of a save to S3. Other file systems get ``bytes``.
+
+    Parameters
+    ----------
+    fs : fsspec.asyn.AsyncFileSystem
+        Used from its own event loop (``await``).
+    path : str
+        The object's path in ``fs``.
+    data : buffer
+        C-contiguous bytes, unchanged until this returns.
+
+    """
+    if not _is_s3fs(fs):
+        await fs._pipe_file(path, bytes(data))
+        return
+    await fs.set_session()
+    client = await fs.get_s3(fs.split_path(path)[0])
+    for event in _UPLOAD_EVENTS:
+        # unique_id: registering again (every chunk) is a no-op
+        client.meta.events.register_first(event, _upload_body, unique_id=f"daskmask-{event}")
+    await fs._pipe_file(path, UploadBuffer(data))
+
+
+def share_botocore_models(fs: Any, source: Any) -> None:
+    """Let the s3fs file system ``fs`` reuse the API models ``source`` has loaded.
+
+    zarr's stores use file systems of their own, on zarr's event loop; for
+    s3fs each starts a botocore session that parses the S3 service model and
+    its endpoint rules again: 18 MiB more for a save to S3 after reading
+    from it. The models are read-only data; only the loader that holds them
+    is shared (credentials, clients and connections stay ``fs``'s own). Does
+    nothing unless both are s3fs file systems, ``source`` has a session and
+    ``fs`` has neither session nor client yet (a file system rebuilt from a
+    pickle, on a worker, starts its own).
+
+    Parameters
+    ----------
+    fs : s3fs.S3FileSystem
+        Not used yet.
+    source : s3fs.S3FileSystem
+        Already connected (its ``session`` set).
+
+    """
+    if not (_is_s3fs(fs) and _is_s3fs(source)) or fs is source:
+        return
+    loaded = getattr(source, "session", None)
+    if loaded is None or fs.session is not None or getattr(fs, "_s3", None) is not None:
+        return
+    from aiobotocore.session import AioSession
+
+    session = AioSession(**fs.kwargs)  # as s3fs makes its own
+    session.register_component("data_loader", loaded.get_component("data_loader"))
+    fs.session = session
+
+
+def _is_s3fs(fs: Any) -> bool:
+    """Whether ``fs`` is an s3fs file system (without importing s3fs)."""
+    module = sys.modules.get("s3fs")
+    return module is not None and isinstance(fs, module.S3FileSystem)
 
 
 def _distributed_client_active() -> bool:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import time
 
 import dask.config
+import numpy as np
 import pytest
+from fsspec.asyn import sync
 
-from daskmask._fs import Location, has_glob, is_url, locate, split_protocol
+from daskmask._fs import (
+    BufferBody,
+    Location,
+    UploadBuffer,
+    has_glob,
+    is_url,
+    locate,
+    pipe_buffer,
+    share_botocore_models,
+    split_protocol,
+)
 from daskmask.exceptions import (
     ObjectNotFoundError,
     StorageAccessError,
@@ -142,3 +155,102 @@ def test_s3_wrong_credentials(s3_server_with_auth):
     with pytest.raises(StorageAccessError, match="storage_options") as caught:
         locate(url, options).read_range(0, 4)
     assert url in str(caught.value)
+
+
+def test_buffer_body_reads_the_owners_memory_without_a_copy():
+    data = np.arange(1000, dtype=np.uint8)
+    body = BufferBody(data)
+    assert isinstance(body, io.BytesIO)  # what aiohttp streams in pieces
+    assert body.readable() and body.seekable() and not body.writable()
+    with body.getbuffer() as view:  # as aiohttp asks for the size
+        assert len(view) == 1000 and np.shares_memory(np.frombuffer(view, np.uint8), data)
+    assert body.read(10) == bytes(range(10)) and body.tell() == 10
+    data[10] = 99  # the owner's memory itself is served
+    assert body.read(2) == bytes([99, 11])
+    assert body.seek(0, io.SEEK_END) == 1000 and body.read() == b""  # botocore's length
+    assert body.seek(-3, io.SEEK_CUR) == 997 and body.read(100) == bytes(data[997:])
+    target = bytearray(6)
+    assert body.seek(0) == 0 and body.readinto(target) == 6 and target == bytes(data[:6])
+    assert body.getvalue() == data.tobytes()
+    with pytest.raises(io.UnsupportedOperation):
+        body.write(b"x")
+    with pytest.raises(ValueError, match="negative"):
+        body.seek(-1)
+    body.close()
+    with pytest.raises(ValueError, match="closed"):
+        body.read(1)
+
+
+def test_upload_buffer_is_sliced_for_multipart_uploads():
+    data = np.arange(100, dtype=np.uint8)
+    upload = UploadBuffer(data)
+    assert len(upload) == 100
+    part = upload[10:20]
+    assert isinstance(part, UploadBuffer) and bytes(part.view) == bytes(range(10, 20))
+    with pytest.raises(TypeError, match="sliced"):
+        upload[3]
+
+
+def test_pipe_buffer_uploads_the_buffer_to_s3(s3_server, s3_bucket):
+    location = locate(f"s3://{s3_bucket}/chunk.bin")
+    fs = location.fs
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)
+    sync(fs.loop, pipe_buffer, fs, location.path, data)
+    assert fs.cat_file(location.path) == data.tobytes()
+    # every request gets its own body from the start: the same buffer again
+    sync(fs.loop, pipe_buffer, fs, location.path, data[::-1].copy())
+    assert fs.cat_file(location.path) == data[::-1].tobytes()
+
+
+def test_pipe_buffer_multipart_upload(s3_server, s3_bucket):
+    location = locate(f"s3://{s3_bucket}/large.bin")
+    fs = location.fs
+    data = np.random.default_rng(1).integers(0, 256, 11 << 20, dtype=np.uint8)
+    # s3fs uploads 5 MiB parts of anything from twice its part size up
+    sync(fs.loop, fs.set_session)
+    original = fs._pipe_file
+
+    async def in_parts(path, value, **kwargs):
+        return await original(path, value, chunksize=5 << 20, **kwargs)
+
+    fs._pipe_file = in_parts
+    try:
+        sync(fs.loop, pipe_buffer, fs, location.path, data)
+    finally:
+        del fs._pipe_file
+    assert fs.cat_file(location.path) == data.tobytes()
+
+
+def test_pipe_buffer_on_other_file_systems():
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = AsyncFileSystemWrapper(MemoryFileSystem(), asynchronous=True)
+    data = np.arange(50, dtype=np.uint8)
+
+    async def write() -> None:
+        await pipe_buffer(fs, "/daskmask-tests/buffer.bin", data)
+
+    import asyncio
+
+    asyncio.run(write())
+    assert MemoryFileSystem().cat_file("/daskmask-tests/buffer.bin") == data.tobytes()
+
+
+def test_share_botocore_models(s3_server, s3_bucket):
+    import s3fs
+
+    location = locate(f"s3://{s3_bucket}/x")
+    location.fs.ls(s3_bucket)  # connected: its session has loaded the S3 models
+    fresh = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server.storage_options)
+    share_botocore_models(fresh, location.fs)
+    loader = location.fs.session.get_component("data_loader")
+    assert fresh.session is not location.fs.session
+    assert fresh.session.get_component("data_loader") is loader
+    fresh.pipe_file(f"{s3_bucket}/shared.bin", b"abc")  # its own client works
+    assert location.fs.cat_file(f"{s3_bucket}/shared.bin") == b"abc"
+    # a file system with a session of its own, or not s3fs, is left alone
+    own = fresh.session
+    share_botocore_models(fresh, location.fs)
+    assert fresh.session is own
+    share_botocore_models(locate("memory://x").fs, location.fs)

@@ -178,6 +178,35 @@ def test_memory_url_store(signals, local_store):
     assert_same(read_everything(url), read_everything(local_store))
 
 
+def test_chunks_are_written_from_their_own_memory(s3_server, s3_bucket):
+    """The store a save writes chunks through: zarr's checks, the chunk's bytes, picklable."""
+    import pickle
+
+    import zarr
+
+    from daskmask._fs import locate
+    from daskmask.storage._backends import ObjectStoreBackend, ObjectWriteStore
+
+    location = locate(f"s3://{s3_bucket}/direct.zarr")
+    target = ObjectStoreBackend().begin(location, overwrite=False)
+    store = target.store
+    assert isinstance(store, ObjectWriteStore)
+    # its own client, on zarr's event loop, with the S3 models the reading one loaded
+    loader = location.fs.session.get_component("data_loader")
+    assert store.fs is not location.fs
+    assert store.fs.session.get_component("data_loader") is loader
+    values = np.random.default_rng(4).standard_normal((40, 3000)).astype("float32")
+    array = zarr.create_array(store, name="x", shape=values.shape, chunks=(40, 1000), dtype="f4")
+    array[:] = values  # chunks of 160 kB: uploaded as they are, without a trim
+    # a worker rebuilds it from a pickle (its own session and client)
+    clone = pickle.loads(pickle.dumps(store))
+    assert isinstance(clone, ObjectWriteStore)
+    zarr.open_array(clone, path="x", mode="r+")[:, 2000:] = values[:, :1000]
+    expected = np.concatenate([values[:, :2000], values[:, :1000]], axis=1)
+    np.testing.assert_array_equal(zarr.open_array(store, path="x", mode="r")[:], expected)
+    assert len(s3_server.filesystem().ls(f"{s3_bucket}/direct.zarr/x/c/0")) == 3
+
+
 @pytest.mark.timeout(60)
 def test_only_stores_are_replaced(s3_server, s3_bucket, signals):
     fs = s3_server.filesystem()

@@ -56,8 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.core.buffer import Buffer
+from zarr.storage import FsspecStore
 
-from daskmask._fs import Location, storage_errors
+from daskmask._fs import Location, pipe_buffer, share_botocore_models, storage_errors
+from daskmask._memory import release_free_memory
 from daskmask._version import __version__
 from daskmask.exceptions import StorageAccessError, StorageUnreachableError
 from daskmask.storage import _commit
@@ -122,6 +125,46 @@ def mark_complete(store: Any, tree: StoreTree) -> None:
     manifest = build_manifest(tree, attrs)
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     group.attrs.update({layout.MANIFEST: manifest, layout.COMPLETE: True})
+
+
+#: Chunks at least this large give the free heap memory back after their upload.
+TRIM_AFTER_BYTES = 1 << 20
+
+
+class ObjectWriteStore(FsspecStore):
+    """zarr's FsspecStore, whose writes send the encoded chunk's memory without a copy.
+
+    zarr's ``FsspecStore.set`` hands the file system ``bytes(chunk)``, a copy
+    of every chunk while it uploads; this store hands over the chunk's own
+    memory (see :func:`daskmask._fs.pipe_buffer`).
+
+    After each chunk's upload the free pages of glibc's heaps go back to the
+    system (:func:`daskmask._memory.release_free_memory`). On dask's threads a
+    save frees each block's buffers (the cleaned block, its float copies, the
+    encoded chunk) in the malloc arenas of several threads (dask's, zarr's
+    event loop), which keep them for reuse: on the HCP-like run 190-200 MiB
+    of free heap memory was resident throughout an S3 save, and the save's
+    peak was 585-598 MiB against 512-518 MiB with the trim (three pairs of
+    runs, its CPU time unchanged: 5.3-6.7 s against 5.3-6.1 s). The upload
+    paces the save (0.1-0.2 s per 15 MB chunk over S3), and the pages given
+    back are only those of buffers already freed. Everything else is zarr's.
+    """
+
+    async def set(
+        self, key: str, value: Buffer, byte_range: tuple[int, int] | None = None
+    ) -> None:
+        """Write ``value`` at ``key`` (see ``zarr.storage.FsspecStore.set``)."""
+        data = value.as_numpy_array() if isinstance(value, Buffer) else None
+        if byte_range is not None or data is None or not data.flags.c_contiguous:
+            await super().set(key, value, byte_range)  # zarr's checks and errors
+            return
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        root = self.path.rstrip("/")
+        await pipe_buffer(self.fs, f"{root}/{key}" if root else key, data)
+        if data.nbytes >= TRIM_AFTER_BYTES:
+            release_free_memory()
 
 
 class StoreBackend(ABC):
@@ -299,7 +342,7 @@ class ObjectStoreBackend(StoreBackend):
 
     def begin(self, location: Location, overwrite: bool) -> WriteTarget:  # noqa: D102
         from zarr.core.buffer import default_buffer_prototype
-        from zarr.storage import FsspecStore, MemoryStore
+        from zarr.storage import MemoryStore
 
         self.check_target(location, overwrite)
         found = ObjectTree(location).keys()
@@ -310,7 +353,10 @@ class ObjectStoreBackend(StoreBackend):
             # first the root that says incomplete: it invalidates an old store in one PUT
             location.fs.pipe_file(f"{base}/{ROOT}", placeholder)
         with storage_errors(location.url):
-            store = FsspecStore.from_url(location.url, storage_options=location.storage_options)
+            store = ObjectWriteStore.from_url(
+                location.url, storage_options=location.storage_options
+            )
+            share_botocore_models(store.fs, location.fs)
         # The metadata is written into memory first, over the same root (see publish).
         staged: dict[str, Any] = {ROOT: default_buffer_prototype().buffer.from_bytes(placeholder)}
         state = {"replaced": replaced, "found": found, "staged": staged}
@@ -396,6 +442,7 @@ __all__ = [
     "BACKENDS",
     "LocalBackend",
     "ObjectStoreBackend",
+    "ObjectWriteStore",
     "StoreBackend",
     "WriteTarget",
     "backend_for",
