@@ -109,3 +109,84 @@ def test_any_block_layout(chunks: tuple[int, int]) -> None:
     wrapped = in_memory_result(da.from_array(values, chunks=chunks) + 1)
     np.testing.assert_array_equal(wrapped.compute(), values + 1)
     assert len(list(flatten(wrapped.__dask_keys__()))) == wrapped.npartitions
+
+
+# --- The extraction's intermediate kept in the result (no scratch file) -----------
+
+
+def _extracted(n_time: int = 30) -> tuple[da.Array, np.ndarray]:
+    """Masked signals of a small run through the raw intermediate, in 4 voxel blocks."""
+    from daskmask.extraction import extract_signals
+
+    rng = np.random.default_rng(2)
+    run = (rng.standard_normal((6, 5, 4, n_time)) * 10 + 100).astype(np.float32)
+    mask = rng.random((6, 5, 4)) < 0.8
+    signals = extract_signals(
+        da.from_array(run, chunks=(6, 5, 4, 7)),
+        mask,
+        strategy="intermediate",
+        block_bytes=n_time * 4 * 25,
+    )
+    assert signals.numblocks[1] > 2
+    return signals, run[mask].T
+
+
+def _scratch_file(array: da.Array) -> str:
+    """The path of the raw intermediate file ``array``'s graph would write."""
+    import os
+
+    from daskmask.extraction import _store
+
+    (store,) = [
+        task[1]
+        for name, layer in array.dask.layers.items()
+        if name.startswith(_store.LAYER_PREFIX)
+        for task in layer.values()
+        if isinstance(task, tuple) and task and task[0] is _store.prepare_store
+    ]
+    return os.path.join(os.fspath(store), _store.RAW)
+
+
+def test_intermediate_is_kept_in_the_result() -> None:
+    """Same values as through the file, and the file is never written."""
+    import os
+
+    from daskmask.signal import clean
+
+    signals, raw = _extracted()
+    cleaned = clean(signals, detrend=True, standardize="zscore_sample")
+    wrapped = in_memory_result(cleaned)
+    for scheduler in ("threads", "synchronous"):
+        in_result = wrapped.compute(scheduler=scheduler)
+        assert not os.path.exists(_scratch_file(wrapped))
+        assert in_result.flags.c_contiguous
+    through_file = cleaned.compute()  # an ordinary array: the file
+    assert os.path.exists(_scratch_file(cleaned))
+    np.testing.assert_array_equal(in_result, through_file)
+    np.testing.assert_array_equal(np.asarray(in_memory_result(signals)), raw)
+
+
+@pytest.mark.parametrize("case", ["psc", "scrubbed", "float64", "reversed"])
+def test_intermediate_stays_a_file_when_blocks_are_not_their_own_columns(case: str) -> None:
+    """psc (every block waits for all), fewer rows, another dtype, blocks reading other columns."""
+    import os
+
+    from daskmask.signal import clean
+
+    signals, raw = _extracted()
+    if case == "psc":
+        lazy = clean(signals, detrend=True, standardize="psc")
+        expected = clean(raw, detrend=True, standardize="psc")
+    elif case == "scrubbed":
+        kept = np.arange(2, 30)
+        lazy = clean(signals, standardize="zscore_sample", sample_mask=kept)
+        expected = clean(raw, standardize="zscore_sample", sample_mask=kept)
+    elif case == "float64":
+        lazy = signals.astype(np.float64)
+        expected = raw.astype(np.float64)
+    else:
+        lazy = signals[:, ::-1].rechunk(signals.chunks)
+        expected = raw[:, ::-1]
+    result = in_memory_result(lazy).compute(scheduler="synchronous")
+    assert os.path.exists(_scratch_file(lazy))
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)

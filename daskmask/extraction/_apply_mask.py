@@ -193,7 +193,7 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
     prepare = "daskmask-intermediate-prepare-" + token
     write = "daskmask-intermediate-write-" + token
     gate = "daskmask-intermediate-barrier-" + token
-    name = "daskmask-voxel-blocks-" + token
+    name = _store.LAYER_PREFIX + token
     shape = (n_time, n_voxels)
     graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, dtype)}
     starts = np.cumsum((0, *masked.chunks[0][:-1]))

@@ -18,6 +18,16 @@ view of that one array, in place, and returns it instead of concatenating.
 Each cleaned block is freed once copied, so the peak is the result plus the
 blocks in flight.
 
+When the signals go through the extraction's raw intermediate (a scratch
+file written by stage 1 and read back by stage 2, see
+:mod:`daskmask.extraction._store`) and it has the result's shape and dtype,
+the same optimisation keeps the intermediate in the result array instead:
+stage 1 copies its rows there, stage 2 reads views of its columns, and each
+cleaned block is copied back to the columns it was read from. That is safe
+only if the block of every output key is computed from its own columns
+alone, which the optimisation checks in the graph (otherwise the file is
+used).
+
 Any other scheduler (a distributed client, processes) computes the graph
 unchanged. A copy of the graph sent to another process cannot share memory:
 the result holder it carries then detaches, every block is returned as is,
@@ -26,6 +36,9 @@ and the blocks are concatenated as usual.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -39,10 +52,11 @@ from dask._task_spec import GraphNode, Task, TaskRef, convert_legacy_graph
 from dask.array.core import concatenate3
 from dask.base import get_scheduler
 from dask.core import flatten
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.utils import ensure_dict
 
 from daskmask._scratch import current_client
+from daskmask.extraction import _store
 
 __all__ = ["InMemoryResult", "in_memory_result"]
 
@@ -69,11 +83,36 @@ class _Result:
         with self._lock:
             if self._array is None:
                 self._array = np.empty(self.shape, self.dtype)
+                small_pages(self._array)
                 _MADE[id(self._array)] = self._array
             return self._array
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_detached, (self.shape, self.dtype))
+
+
+def small_pages(array: np.ndarray) -> None:
+    """Ask Linux to back ``array``'s untouched memory with 4 KiB pages, not huge pages.
+
+    numpy advises huge pages for every array of 4 MiB or more. With the
+    kernel's default ``defrag=madvise``, each fault of such a page may first
+    compact memory, which stalls while the page cache holds most of it (the
+    benchmark machine: 2.2 GB of run and 10 GB of other files cached).
+    Measured on the HCP-like run, three pairs in one session:
+    ``transform(...).to_numpy()`` 1.29-1.45 s without huge pages against
+    1.50-1.86 s with them. Elsewhere, or if the call fails, nothing changes.
+    """
+    if not sys.platform.startswith("linux") or array.nbytes < mmap.PAGESIZE * 2:
+        return
+    start = array.__array_interface__["data"][0]
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    length = (start + array.nbytes - first) // mmap.PAGESIZE * mmap.PAGESIZE
+    try:
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise(first, length, mmap.MADV_NOHUGEPAGE)
 
 
 def _detached(shape: tuple[int, ...], dtype: np.dtype) -> _Result:
@@ -146,19 +185,19 @@ class _FillOptimizer:
         self.dtype = dtype
 
     def __call__(self, dsk: Any, keys: Sequence[Any], **kwargs: Any) -> Any:
-        optimized = da.Array.__dask_optimize__(dsk, keys, **kwargs)
         own = [(self.name, *index) for index in product(*(range(len(c)) for c in self.chunks))]
+        shape = tuple(sum(sizes) for sizes in self.chunks)
+        result = _Result(shape, self.dtype)
+        if _runs_here() and not _annotated(dsk):
+            dsk = _intermediate_in_result(dsk, list(flatten(keys)), own, self.chunks, result)
+        optimized = da.Array.__dask_optimize__(dsk, keys, **kwargs)
         if not _runs_here():
             return optimized
-        if isinstance(optimized, HighLevelGraph) and any(
-            layer.annotations for layer in optimized.layers.values()
-        ):
+        if _annotated(optimized):
             return optimized  # annotations live on layers: keep the graph as it is
         graph = convert_legacy_graph(ensure_dict(optimized))
         if not _computes_only(graph, list(flatten(keys)), own):
             return optimized
-        shape = tuple(sum(sizes) for sizes in self.chunks)
-        result = _Result(shape, self.dtype)
         places = dict(zip(own, product(*(_slices(sizes) for sizes in self.chunks)), strict=True))
         for key in own:
             node = graph.pop(key)
@@ -169,6 +208,83 @@ class _FillOptimizer:
             graph[key] = Task(key, _into_result, TaskRef(block_key), result, places[key])
         layer = f"daskmask-fill-{self.name}"
         return HighLevelGraph({layer: graph}, {layer: set()})
+
+
+def _annotated(dsk: Any) -> bool:
+    """Whether a layer of ``dsk`` carries annotations (kept only if the layers are)."""
+    return isinstance(dsk, HighLevelGraph) and any(
+        layer.annotations for layer in dsk.layers.values()
+    )
+
+
+def _intermediate_in_result(
+    dsk: Any,
+    keys: list[Any],
+    own: list[Any],
+    chunks: tuple[tuple[int, ...], ...],
+    result: _Result,
+) -> Any:
+    """Return ``dsk`` with the extraction's raw intermediate kept in ``result``, if safe.
+
+    The intermediate's ``prepare`` task (the scratch file) becomes an
+    :class:`~daskmask.extraction._store.InMemoryIntermediate` over the result
+    array. Conditions, else ``dsk`` is returned unchanged: one intermediate,
+    of the result's shape and dtype, one chunk along time, and every output
+    block computed from the stage-2 read of its own columns and no other
+    (the cleaned block is copied over the columns it was read from, so a read
+    of those columns after that copy would see cleaned values).
+    """
+    if not isinstance(dsk, HighLevelGraph) or len(chunks) != 2 or len(chunks[0]) != 1:
+        return dsk
+    found = [
+        (name, key)
+        for name, layer in dsk.layers.items()
+        if isinstance(layer, MaterializedLayer) and name.startswith(_store.LAYER_PREFIX)
+        for key, task in layer.items()
+        if isinstance(task, tuple) and task and task[0] is _store.prepare_store
+    ]
+    if len(found) != 1:
+        return dsk
+    layer_name, prepare = found[0]
+    _, _, shape, dtype = dsk.layers[layer_name][prepare]
+    if tuple(shape) != result.shape or np.dtype(dtype) != result.dtype:
+        return dsk
+    graph = convert_legacy_graph(ensure_dict(dsk))
+    if not _computes_only(graph, keys, own):
+        return dsk
+    reads = {
+        (int(node.args[1]), int(node.args[2])): key
+        for key, node in graph.items()
+        if isinstance(node, Task) and node.func is _store.read_block
+    }
+    columns = _slices(chunks[1])
+    for key, where in zip(own, columns, strict=True):
+        read = reads.get((where.start, where.stop))
+        if read is None or _reads_reached(graph, key, set(reads.values())) != {read}:
+            return dsk
+    layers = dict(dsk.layers)
+    mapping = dict(layers[layer_name])
+    mapping[prepare] = _store.InMemoryIntermediate(result.array)
+    layers[layer_name] = MaterializedLayer(mapping)
+    return HighLevelGraph(layers, dsk.dependencies)
+
+
+def _reads_reached(graph: dict[Any, Any], key: Any, reads: set[Any]) -> set[Any]:
+    """Return the stage-2 reads among the tasks ``key`` depends on (the search stops at them)."""
+    reached: set[Any] = set()
+    seen = {key}
+    stack = [key]
+    while stack:
+        node = graph.get(stack.pop())
+        for dependency in node.dependencies if isinstance(node, GraphNode) else ():
+            if dependency in seen:
+                continue
+            seen.add(dependency)
+            if dependency in reads:
+                reached.add(dependency)
+            else:
+                stack.append(dependency)
+    return reached
 
 
 def _computes_only(graph: dict[Any, Any], keys: list[Any], own: list[Any]) -> bool:
