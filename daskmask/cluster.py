@@ -32,6 +32,7 @@ import subprocess
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +223,16 @@ def _start_local(
         scheduler_kwargs = {**overrides.pop("scheduler_kwargs", {}), "dashboard": False}
         overrides = {**overrides, "scheduler_kwargs": scheduler_kwargs}
         dashboard_address = ":0"
+    forked = processes is None or bool(processes)
+    if forked:
+        # This process builds the extraction's graphs with the same modules: import
+        # them here while it waits for the workers (on the core their start leaves idle).
+        threading.Thread(
+            target=_import_modules, args=(_TASK_MODULES,), name="daskmask-imports", daemon=True
+        ).start()
     # Client(**cluster_kwargs) owns the LocalCluster it starts: closing the
     # client also stops the workers.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _forked_workers(forked) as preloaded:
         # Another cluster holding 8787 is normal (a notebook, a second batch): the
         # dashboard moves to a free port, and dashboard_message() prints where.
         warnings.filterwarnings(
@@ -233,13 +241,13 @@ def _start_local(
         client = Client(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
-            processes=True if processes is None else bool(processes),
+            processes=forked,
             memory_limit=memory_limit,
             dashboard_address=dashboard_address,
             **overrides,
         )
-    if processes is None or processes:
-        # Worker processes start as fresh interpreters: each would import the
+    if forked and not preloaded:
+        # Spawned workers start as fresh interpreters: each would import the
         # readers and the extraction (1-2 s) when its first task arrives. Ask
         # them now, so that it happens while this process opens the run and
         # builds its graph (in a thread of each worker; not awaited here).
@@ -249,6 +257,131 @@ def _start_local(
 
 #: Modules every extraction's tasks need in a worker (their functions are pickled by reference).
 _TASK_MODULES = ("daskmask.reading._array", "daskmask.extraction._apply_mask")
+#: What the fork server imports before it forks the workers: distributed (the worker's
+#: own code, with dask, tornado, msgpack, cloudpickle) and the task modules (numpy,
+#: nibabel, xarray, the parts of scipy the extraction uses).
+_FORKSERVER_PRELOAD = ("distributed", *_TASK_MODULES)
+#: One embedded cluster starts at a time: each has a fork server of its own.
+_forkserver_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _forked_workers(wanted: bool) -> Iterator[bool]:
+    """Within the block, LocalCluster workers are forks of a server that did their imports.
+
+    distributed starts each worker process as a fresh interpreter (``spawn``)
+    that imports distributed, numpy and daskmask's task modules on its own:
+    two interpreters importing the same modules on the two cores the client
+    also needs, and two interpreter teardowns when the cluster closes. A
+    ``forkserver`` imports them once, each worker is a fork of it with every
+    module imported, and a fork ends without the teardown.
+
+    Only the embedded cluster's start changes: the setting
+    ``distributed.worker.multiprocessing-method`` is ``forkserver`` inside the
+    block only, so a worker that a nanny restarts later (after a crash) is
+    spawned, as distributed does by default. A method the user chose (other
+    than the default ``spawn``), a platform without ``forkserver``, or a fork
+    server already running in this process (not started here, with other
+    imports and environment) leave the start as it was.
+
+    The server is this cluster's alone: once the workers are forked,
+    multiprocessing forgets it (the next ``forkserver`` user of the process
+    starts a fresh one) and it ends by itself with the last of its workers,
+    when the cluster closes.
+
+    Yields
+    ------
+    bool
+        True when the workers are forked from a server that imported the task modules.
+
+    """
+    import multiprocessing
+
+    method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+    if (
+        not wanted
+        or method != "spawn"
+        or "forkserver" not in multiprocessing.get_all_start_methods()
+    ):
+        yield False
+        return
+    from multiprocessing import forkserver
+
+    from distributed.utils import get_mp_context
+
+    server = getattr(forkserver, "_forkserver", None)
+    with _forkserver_lock:
+        if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+            yield False  # another server of this process (or an unknown multiprocessing)
+            return
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+            # distributed names its preload list on its first forkserver context:
+            # take that turn first, so that ours (a superset of its modules) stays.
+            get_mp_context()
+            forkserver.set_forkserver_preload(list(_FORKSERVER_PRELOAD))
+            # The server's environment is every worker's: what distributed sets before
+            # it spawns a worker (one BLAS thread, glibc's trim threshold, the hash
+            # seed) must be there before the server starts and imports numpy.
+            os.environ.update(_pre_spawn_environment())
+            forkserver.ensure_running()
+            try:
+                yield True
+            finally:
+                _forget_forkserver(server)
+
+
+def _pre_spawn_environment() -> dict[str, str]:
+    """Return the variables distributed's nanny sets in its process before it spawns a worker."""
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    environment = {
+        key: os.environ.get(key, str(value))
+        for key, value in configured.items()
+        if value is not None
+    }
+    # distributed fixes the workers' hash seed (consistent hashing of keys across them).
+    if environment.get("PYTHONHASHSEED") in (None, "0"):
+        environment["PYTHONHASHSEED"] = "6640"
+    return environment
+
+
+def _forget_forkserver(server: Any) -> None:
+    """Let the fork server end with its workers; the next forkserver user starts another.
+
+    A server runs until every process holding its "alive" pipe (this one and
+    each worker it forked) has closed it: closing ours here leaves it to the
+    workers, so it exits when the cluster's last worker does (it keeps
+    reporting their exits to their nannies until then). A thread reaps it.
+    """
+    with server._lock:  # noqa: SLF001 (multiprocessing.forkserver's own state)
+        pid, alive = server._forkserver_pid, server._forkserver_alive_fd  # noqa: SLF001
+        address = server._forkserver_address  # noqa: SLF001
+        for name in ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address"):
+            setattr(server, name, None)
+        if hasattr(server, "_forkserver_authkey"):  # Python >= 3.14
+            server._forkserver_authkey = None  # noqa: SLF001
+    if alive is not None:
+        os.close(alive)
+    if isinstance(address, str) and not address.startswith("\0"):
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+    if pid is not None:
+        threading.Thread(
+            target=_reap, args=(pid,), name="daskmask-forkserver-reaper", daemon=True
+        ).start()
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _import_modules(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` (in a thread of this process; a failure shows at the real import)."""
+    import importlib
+
+    for module in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
 
 
 async def _import_task_modules() -> None:

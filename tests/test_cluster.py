@@ -132,6 +132,92 @@ def test_embedded_cluster_is_sized_to_the_machine(monkeypatch, run_path, expecte
         np.testing.assert_array_equal(_signals_on(client, run_path), expected)
 
 
+def _imported(modules: tuple[str, ...]) -> list[bool]:
+    return [module in sys.modules for module in modules]
+
+
+@pytest.mark.cluster
+def test_embedded_workers_are_forks_of_a_server_that_imported_the_task_modules(
+    monkeypatch, run_path, expected
+):
+    import dask
+
+    from daskmask.cluster import _TASK_MODULES
+
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    with dm.connect(n_workers=2, dashboard_address=None) as client:
+        # Asked at once, before any task: the modules came with the fork (no warm-up).
+        assert all(all(done) for done in client.run(_imported, _TASK_MODULES).values())
+        pids = set(client.run(os.getpid).values())
+        servers = {psutil.Process(pid).parent() for pid in pids}
+        assert len(servers) == 1
+        server = servers.pop()
+        assert "multiprocessing.forkserver" in " ".join(server.cmdline())
+        assert server.ppid() == os.getpid()
+        # What distributed sets before it spawns a worker holds in the forked ones.
+        environment = client.run(
+            lambda: (os.environ["OPENBLAS_NUM_THREADS"], sys.flags.hash_randomization)
+        )
+        assert set(environment.values()) == {("1", 1)}
+        # The user's setting is back: a cluster they start themselves spawns.
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+        processes = [server, *map(psutil.Process, pids)]
+    # Closing the client stops the workers and the server they came from.
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert alive == []
+
+
+@pytest.mark.cluster
+def test_this_process_imports_the_task_modules_while_the_workers_start():
+    """connect() imports what the client's graphs need while it waits for the workers."""
+    code = (
+        "import sys, threading\n"
+        "import daskmask as dm\n"
+        "from daskmask.cluster import _TASK_MODULES\n"
+        "with dm.connect(n_workers=1, dashboard_address=None):\n"
+        "    for thread in threading.enumerate():\n"
+        "        if thread.name == 'daskmask-imports':\n"
+        "            thread.join(60)\n"
+        "    print([module in sys.modules for module in _TASK_MODULES])\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "[True, True]"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_a_killed_forked_worker_is_replaced_and_the_result_unchanged(
+    monkeypatch, run_path, expected, tmp_path
+):
+    import dask
+    from _killer import WorkerKiller
+
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    config = {"daskmask.temporary-directory": str(tmp_path), "daskmask.block-bytes": "16KiB"}
+    with dm.connect(n_workers=2, dashboard_address=None) as client, dask.config.set(config):
+        pids = client.run(os.getpid)
+        killer = WorkerKiller("daskmask-intermediate-write", 2, pids=pids)
+        client.register_plugin(killer)
+        try:
+            signals = dm.NiftiMasker(**PARAMS).fit_transform(run_path).to_numpy()
+            killed = client.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.plugins[WorkerKiller.name].killed
+            )
+        finally:
+            client.unregister_scheduler_plugin(WorkerKiller.name)
+        assert killed, "no worker was killed"
+        np.testing.assert_array_equal(signals, expected)
+        # The nanny noticed the death through the fork server and started a new worker.
+        client.wait_for_workers(2, timeout=60)
+        assert pids[killed] not in client.run(os.getpid).values()
+        np.testing.assert_array_equal(_signals_on(client, run_path), expected)
+
+
 def test_threaded_local_cluster_runs_in_this_process(monkeypatch, run_path, expected):
     monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
     with dm.connect(processes=False, n_workers=1, threads_per_worker=2) as client:
