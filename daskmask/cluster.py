@@ -323,7 +323,8 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
             # it spawns a worker (one BLAS thread, glibc's trim threshold, the hash
             # seed) must be there before the server starts and imports numpy.
             os.environ.update(_pre_spawn_environment())
-            forkserver.ensure_running()
+            with _environment(_server_only_environment()):
+                forkserver.ensure_running()
             try:
                 yield True
             finally:
@@ -342,6 +343,45 @@ def _pre_spawn_environment() -> dict[str, str]:
     if environment.get("PYTHONHASHSEED") in (None, "0"):
         environment["PYTHONHASHSEED"] = "6640"
     return environment
+
+
+#: glibc's mmap threshold in the forked workers: blocks up to 32 MiB (the default task
+#: size) come from the heap and are reused, as in the client's own process.
+_WORKER_MMAP_THRESHOLD = str(32 * 2**20)
+
+
+def _server_only_environment() -> dict[str, str]:
+    """Return what the fork server (so each forked worker) gets beyond distributed's variables.
+
+    distributed sets ``MALLOC_TRIM_THRESHOLD_`` in its workers, and setting it
+    turns off glibc's adaptive mmap threshold: every allocation from 128 KiB up
+    (each block read, cast, masked and cleaned) is then a fresh mapping whose
+    pages the kernel faults in and zeroes, and unmaps on free. A threaded run's
+    process raises its threshold to the block size after the first free.
+    Measured on the HCP-like ``.nii`` (fit_transform + save, 2 workers): 15.9
+    -> 13.5 s of CPU time, 9.9 -> 8.8 s wall, the tree's peak 1007 -> 1280 MiB
+    (the workers keep freed blocks for the next task). A threshold the user set
+    (environment or ``distributed.nanny.pre-spawn-environ``) is kept.
+    """
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in configured:
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": _WORKER_MMAP_THRESHOLD}
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment for the block (a child started in it)."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _forget_forkserver(server: Any) -> None:

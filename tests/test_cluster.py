@@ -159,6 +159,11 @@ def test_embedded_workers_are_forks_of_a_server_that_imported_the_task_modules(
             lambda: (os.environ["OPENBLAS_NUM_THREADS"], sys.flags.hash_randomization)
         )
         assert set(environment.values()) == {("1", 1)}
+        # Blocks of up to 32 MiB come from the workers' heaps, as in a threaded run;
+        # this process's environment is left without it.
+        thresholds = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+        assert set(thresholds.values()) == {str(32 * 2**20)}
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
         # The user's setting is back: a cluster they start themselves spawns.
         assert dask.config.get("distributed.worker.multiprocessing-method") == "spawn"
         np.testing.assert_array_equal(_signals_on(client, run_path), expected)
