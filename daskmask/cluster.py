@@ -315,9 +315,6 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
             yield False  # another server of this process (or an unknown multiprocessing)
             return
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-            # distributed names its preload list on its first forkserver context:
-            # take that turn first, so that ours (a superset of its modules) stays.
-            get_mp_context()
             forkserver.set_forkserver_preload(list(_FORKSERVER_PRELOAD))
             # The server's environment is every worker's: what distributed sets before
             # it spawns a worker (one BLAS thread, glibc's trim threshold, the hash
@@ -325,6 +322,10 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
             os.environ.update(_pre_spawn_environment())
             with _environment(_server_only_environment()):
                 forkserver.ensure_running()
+            # distributed's first forkserver context imports numpy and pandas here and
+            # names its own preload list: after the start, so that the server's imports
+            # run meanwhile and the list it names (a subset of ours) applies to no server.
+            get_mp_context()
             try:
                 yield True
             finally:
