@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -160,7 +161,10 @@ def current_client() -> Any:
 
     scheduler = get_scheduler()
     owner = getattr(scheduler, "__self__", None)
-    if owner is not None and type(owner).__name__ == "Client":
+    # A subclass is a client too (daskmask.cluster's own, for the clusters it starts);
+    # without distributed imported, no client can exist: never imported just to ask.
+    client_class = getattr(sys.modules.get("distributed"), "Client", None)
+    if owner is not None and client_class is not None and isinstance(owner, client_class):
         return owner
     return None
 

@@ -253,3 +253,26 @@ def test_a_forked_child_does_not_drop_its_parents_lease(tmp_path):
         time.sleep(0.05)
     assert owner_is_dead(tmp_path)
     assert Path(tmp_path).is_dir()
+
+
+@pytest.mark.cluster
+def test_a_client_subclass_is_a_client():
+    """A Client subclass (daskmask.cluster's own, for job queues and Kubernetes) is a client.
+
+    Taken for dask's threads, it made the extraction plan for one machine and the
+    intermediate's owner remove files that the workers' tasks still needed.
+    """
+    from distributed import Client
+
+    from daskmask._scratch import current_client
+
+    class OwnClient(Client):
+        pass
+
+    assert current_client() is None
+    with OwnClient(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
+        assert current_client() is client
+        with dask.config.set(scheduler="threads"):
+            assert current_client() is None  # as dask itself decides
