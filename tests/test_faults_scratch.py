@@ -125,13 +125,14 @@ def test_live_owner_in_another_pid_namespace_is_kept(tmp_path):
 _CLIENT = textwrap.dedent(
     """
     import os, signal, sys
-    import dask, numpy as np
-    from daskmask import NiftiMasker
-    path, scratch = sys.argv[1:3]
+    import dask
+    from daskmask import NiftiMasker, save
+    path, scratch, out = sys.argv[1:4]
     with dask.config.set({"daskmask.temporary-directory": scratch,
                           "daskmask.block-bytes": "256KiB", "scheduler": "threads"}):
         X = NiftiMasker(detrend=True).fit_transform(path)
-        np.asarray(X)
+        # to a store: signals computed into memory keep the intermediate in the result
+        save(X, out)
     names = sorted(os.listdir(scratch))
     print(" ".join(names), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # no finaliser runs
@@ -148,7 +149,7 @@ def test_killed_client_scratch_is_removed_by_the_next_run(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     killed = subprocess.run(
-        [sys.executable, "-c", _CLIENT, str(run), str(scratch)],
+        [sys.executable, "-c", _CLIENT, str(run), str(scratch), str(tmp_path / "out.zarr")],
         capture_output=True,
         text=True,
         timeout=100,
