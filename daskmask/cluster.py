@@ -428,10 +428,8 @@ def _import_modules(modules: tuple[str, ...]) -> None:
 async def _import_task_modules() -> None:
     """Import :data:`_TASK_MODULES` in a worker process, off its event loop."""
     import asyncio
-    import importlib
 
-    for module in _TASK_MODULES:
-        await asyncio.to_thread(importlib.import_module, module)
+    await asyncio.to_thread(_import_modules, _TASK_MODULES)
 
 
 def _refuse_local_options(kind: str, *values: object) -> None:

@@ -36,9 +36,6 @@ and the blocks are concatenated as usual.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -55,6 +52,7 @@ from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.utils import ensure_dict
 
+from daskmask._memory import small_pages
 from daskmask._scratch import current_client
 from daskmask.extraction import _store
 
@@ -89,30 +87,6 @@ class _Result:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_detached, (self.shape, self.dtype))
-
-
-def small_pages(array: np.ndarray) -> None:
-    """Ask Linux to back ``array``'s untouched memory with 4 KiB pages, not huge pages.
-
-    numpy advises huge pages for every array of 4 MiB or more. With the
-    kernel's default ``defrag=madvise``, each fault of such a page may first
-    compact memory, which stalls while the page cache holds most of it (the
-    benchmark machine: 2.2 GB of run and 10 GB of other files cached).
-    Measured on the HCP-like run, three pairs in one session:
-    ``transform(...).to_numpy()`` 1.29-1.45 s without huge pages against
-    1.50-1.86 s with them. Elsewhere, or if the call fails, nothing changes.
-    """
-    if not sys.platform.startswith("linux") or array.nbytes < mmap.PAGESIZE * 2:
-        return
-    start = array.__array_interface__["data"][0]
-    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
-    length = (start + array.nbytes - first) // mmap.PAGESIZE * mmap.PAGESIZE
-    try:
-        madvise = ctypes.CDLL(None).madvise
-    except (OSError, AttributeError):
-        return
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise(first, length, mmap.MADV_NOHUGEPAGE)
 
 
 def _detached(shape: tuple[int, ...], dtype: np.dtype) -> _Result:
