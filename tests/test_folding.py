@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daskmask._folding import accumulator_dtype, fold_volumes, mean_dtype
+from daskmask._folding import (
+    accumulator_dtype,
+    add_volumes,
+    exact_sum_dtype,
+    fold_volumes,
+    mean_dtype,
+)
 
 
 def _volume_by_volume(blocks: list[np.ndarray]) -> np.ndarray:
@@ -55,3 +61,25 @@ def test_float_blocks_add_volume_by_volume():
     for t in range(1, 23):
         expected += run[..., t]
     assert total.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32])
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_volumes_added_in_the_exact_dtype_equal_float64(dtype, byte_order):
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    run = rng.choice([info.min, info.max, info.max - 1, 0], size=(37, 24)).astype(dtype)
+    slab = run.astype(np.dtype(dtype).newbyteorder(byte_order))  # as it lies on disk
+    total = np.zeros(24, exact_sum_dtype(slab.dtype, 37))
+    for start in range(0, 37, 5):
+        add_volumes(total, slab[start : start + 5])
+    assert total.tobytes() == run.sum(axis=0, dtype=total.dtype).tobytes()
+    np.testing.assert_array_equal(total.astype(np.float64), run.astype(np.float64).sum(axis=0))
+
+
+def test_exact_sum_dtype_refuses_what_it_cannot_sum_exactly():
+    assert exact_sum_dtype(np.dtype(">i2"), 1 << 15) == np.int32
+    assert exact_sum_dtype(np.dtype(np.uint16), (1 << 15) + 1) == np.int64
+    assert exact_sum_dtype(np.dtype(np.uint32), (1 << 21) - 1) == np.int64
+    for dtype, volumes in ((np.uint32, 1 << 21), (np.int64, 2), (np.float32, 2)):
+        assert exact_sum_dtype(np.dtype(dtype), volumes) is None

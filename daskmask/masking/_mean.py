@@ -167,8 +167,13 @@ def _lazy_mean(data: xr.DataArray) -> da.Array:
     accumulator = _accumulator_dtype(array.dtype)
     if array.dtype.kind in "biu":
         # Integer sums are exact in float64 whatever the order: a parallel
-        # tree reduction gives numpy's result bit for bit.
-        total = da.sum(array, axis=3, dtype=np.float64)
+        # tree reduction gives numpy's result bit for bit. A local .nii read
+        # unchanged is summed straight from its bytes, into reused buffers.
+        from daskmask.reading._array import time_sum
+
+        total = time_sum(array)
+        if total is None:
+            total = da.sum(array, axis=3, dtype=np.float64)
     else:
         total = _ordered_time_sum(array, accumulator)
     # numpy divides by an intp count, i.e. in float64, then casts the result.

@@ -37,10 +37,11 @@ import os
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, NamedTuple
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -49,6 +50,7 @@ from nibabel.volumeutils import apply_read_scaling
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from daskmask._folding import add_volumes, exact_sum_dtype
 from daskmask._fs import (
     Location,
     close_streamed,
@@ -56,6 +58,8 @@ from daskmask._fs import (
     storage_errors,
     take_parked_stream,
 )
+from daskmask._memory import task_budget_bytes, total_threads
+from daskmask._rawio import read_exactly
 from daskmask.exceptions import (
     InputChangedError,
     NiftiReadError,
@@ -792,7 +796,7 @@ class NiftiArrayWrapper(BackendArray):
         out_shape = _result_shape(key, self.shape)
         if 0 in out_shape:
             return np.empty(out_shape, dtype=self.dtype)
-        try:
+        with self._read_failures(key):
             readers = _PROXIES.get(self.spec)
             span = _slab_span(key, self.shape)
             if readers.proxy is None:
@@ -801,6 +805,13 @@ class NiftiArrayWrapper(BackendArray):
                 data = self._read_slab(readers.gzip, *span)
             else:
                 data = readers.proxy[key]
+        return np.asarray(data, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def _read_failures(self, key: Key) -> Iterator[None]:
+        """Turn the failures of a read of ``key`` into errors naming the file and volumes."""
+        try:
+            yield
         except (NiftiReadError, InputChangedError, StorageError):
             raise
         except FileNotFoundError as error:
@@ -811,7 +822,61 @@ class NiftiArrayWrapper(BackendArray):
         except _READ_ERRORS as error:
             _PROXIES.discard(self.spec)
             raise self._read_error(key, error) from None
-        return np.asarray(data, dtype=self.dtype)
+
+    def sum_volumes(self, slabs: Sequence[tuple[int, int]], dtype: np.dtype) -> np.ndarray:
+        """Return the exact sum of the volumes ``first:stop`` of every slab of a local ``.nii``.
+
+        For an uncompressed local file of integers stored unscaled (see
+        :func:`summable_read`). Each slab is read with ``preadv`` into one
+        buffer the call allocates once and reuses, so that the pass faults
+        only that buffer's pages, not fresh memory for every slab (costly on
+        the benchmark's virtual machine, see :mod:`daskmask._memory`), and
+        the buffer never leaves the call: only the sum does.
+
+        Parameters
+        ----------
+        slabs : sequence of (int, int)
+            Volume ranges ``(first, stop)``, each at most the buffer's size.
+        dtype : numpy.dtype
+            The sum's dtype (:func:`daskmask._folding.exact_sum_dtype`).
+
+        Returns
+        -------
+        numpy.ndarray
+            1-D sum over the volumes, voxels in the file's (Fortran) order.
+
+        Raises
+        ------
+        NiftiReadError
+            If the file was removed or ends early (the message names the volumes).
+        InputChangedError
+            If the file is no longer the version that was opened.
+
+        """
+        spec = self.spec
+        on_disk = np.dtype(spec.on_disk_dtype)
+        voxels = math.prod(self.shape[:-1])
+        total = np.zeros(voxels, dtype)
+        if not slabs:
+            return total
+        longest = max(stop - first for first, stop in slabs)
+        buffer = np.empty(longest * voxels * on_disk.itemsize, np.uint8)
+        whole = (slice(None),) * (len(self.shape) - 1)
+        first_slab = (*whole, slice(*slabs[0]))
+        with self._read_failures(first_slab):
+            fd = os.open(spec.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            with self._read_failures(first_slab):
+                check_unchanged(spec.path, spec.identity, os.fstat(fd))
+            for first, stop in slabs:
+                view = buffer[: (stop - first) * voxels * on_disk.itemsize]
+                with self._read_failures((*whole, slice(first, stop))):
+                    start = spec.offset + first * voxels * on_disk.itemsize
+                    read_exactly(fd, memoryview(view), start)
+                add_volumes(total, view.view(on_disk).reshape(stop - first, voxels))
+        finally:
+            os.close(fd)
+        return total
 
     def _read_error(self, key: Key, error: BaseException) -> NiftiReadError:
         """Name the file, the volumes and the problem; remember a CRC mismatch."""
@@ -1001,6 +1066,104 @@ def dask_array_from(
     specs = wrapper.__getstate__()
     name = "nifti-" + tokenize(specs, tuple(file_stats), chunks)
     meta = np.empty((0,) * len(wrapper.shape), dtype=wrapper.dtype)
+    if isinstance(wrapper, NiftiArrayWrapper):
+        with _READS_LOCK:
+            _READS[name] = wrapper
+            _READS.move_to_end(name)
+            while len(_READS) > _READS_SIZE:
+                _READS.popitem(last=False)
     return da.from_array(
         wrapper, chunks=chunks, name=name, meta=meta, inline_array=True, asarray=False
     )
+
+
+#: The wrappers of the dask arrays :func:`dask_array_from` made in this
+#: process, by array name. A dask array's name is the token of its specs,
+#: file versions and chunks, so an array of one of these names is that read,
+#: unchanged; any operation on it has another name.
+_READS: OrderedDict[str, NiftiArrayWrapper] = OrderedDict()
+_READS_LOCK = threading.Lock()
+_READS_SIZE = 256
+
+#: Bytes one task of :func:`time_sum` reads at a time into its buffer: the
+#: slabs of the minimal program of benchmarks/bench_floor.py.
+SUM_SLAB_BYTES = 32 << 20
+
+
+def summable_read(array: da.Array) -> NiftiArrayWrapper | None:
+    """Return the wrapper of the local uncompressed integer file ``array`` reads unchanged.
+
+    Such a file's values are its bytes (nibabel applies no scaling: the
+    array's dtype is an integer one), so their sum over time can be folded
+    straight from ``preadv`` reads (:meth:`NiftiArrayWrapper.sum_volumes`).
+    None for any other array (compressed, remote, scaled, derived, ...).
+    """
+    with _READS_LOCK:
+        wrapper = _READS.get(getattr(array, "name", None))
+    if wrapper is None:
+        return None
+    spec = wrapper.spec
+    if (
+        spec.gzip
+        or spec.location is not None
+        or len(spec.shape) != 4
+        or tuple(array.shape) != tuple(spec.shape)
+        or np.dtype(wrapper.dtype).kind not in "iu"
+        or exact_sum_dtype(spec.on_disk_dtype, spec.shape[3]) is None
+        or 0 in spec.shape
+    ):
+        return None
+    return wrapper
+
+
+def time_sum(array: da.Array) -> da.Array | None:
+    """Exact float64 sum over time (the last axis) of a local uncompressed integer run.
+
+    One task per thread of the scheduler (:func:`daskmask._memory.total_threads`),
+    task ``i`` of ``n`` folding the slabs ``i, i + n, ...`` of
+    :data:`SUM_SLAB_BYTES` (or the task budget, when smaller) into an exact
+    integer sum with one reused buffer, as the minimal program does; one
+    last task adds the partial sums in float64 (exact: integers below
+    2**53). The graph does not grow with the run.
+
+    Parameters
+    ----------
+    array : dask.array.Array
+        A run as :func:`dask_array_from` made it.
+
+    Returns
+    -------
+    dask.array.Array or None
+        The 3-D float64 sum, or None when ``array`` is not such a read (see
+        :func:`summable_read`): the caller sums it another way.
+
+    """
+    wrapper = summable_read(array)
+    if wrapper is None:
+        return None
+    spec = wrapper.spec
+    *spatial, n_volumes = spec.shape
+    dtype = exact_sum_dtype(spec.on_disk_dtype, n_volumes)
+    volume_bytes = math.prod(spatial) * np.dtype(spec.on_disk_dtype).itemsize
+    per_slab = max(1, min(SUM_SLAB_BYTES, task_budget_bytes()) // volume_bytes)
+    slabs = [(first, min(first + per_slab, n_volumes)) for first in range(0, n_volumes, per_slab)]
+    lanes = min(len(slabs), total_threads())
+    token = tokenize(array.name, per_slab, lanes)
+    parts = [
+        dask.delayed(wrapper.sum_volumes, pure=True)(
+            tuple(slabs[lane::lanes]), dtype, dask_key_name=f"nifti-time-sum-{lane}-{token}"
+        )
+        for lane in range(lanes)
+    ]
+    total = dask.delayed(_add_in_float64, pure=True)(
+        parts, tuple(spatial), dask_key_name=f"nifti-time-sum-{token}"
+    )
+    return da.from_delayed(total, shape=tuple(spatial), dtype=np.float64)
+
+
+def _add_in_float64(parts: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Add exact integer partial sums in float64, in Fortran order as the file's voxels."""
+    total = parts[0].astype(np.float64)
+    for part in parts[1:]:
+        total += part
+    return total.reshape(shape, order="F")
