@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import dask
+import dask.array as da
 import nibabel as nib
 import numpy as np
 import pytest
@@ -443,3 +444,160 @@ def test_stores_of_killed_processes_are_removed(tmp_path):
     # a second store of this (live) process leaves the first one alone
     second = TemporaryStore(directory=str(tmp_path))
     assert os.path.isdir(mine.root) and os.path.isdir(second.root)
+
+
+# The reorganisation's intermediate in the input's narrower dtype (issue 14).
+
+
+def _saved(
+    folder: Path, name: str, data: np.ndarray, affine: np.ndarray, slope: float | None = None
+) -> Path:
+    """Write ``data`` as a .nii in its own dtype, scaled by ``slope`` (intercept 1.5) if given."""
+    path = folder / name
+    nib.save(nib.Nifti1Image(data, affine), path)
+    if slope is not None:  # nibabel resets the scaling on save: write the header's bytes
+        header = nib.load(path).header.copy()
+        header["scl_slope"], header["scl_inter"] = slope, 1.5
+        with open(path, "r+b") as stream:
+            stream.write(header.binaryblock)
+    return path
+
+
+@pytest.fixture(scope="module")
+def typed_runs(tmp_path_factory):
+    """One run per input dtype: int16, uint8, float32 with NaN and infinities, scaled int16."""
+    folder = tmp_path_factory.mktemp("typed-runs")
+    base = generate_epi(folder / "base.nii", shape=(14, 16, 12), n_timepoints=23, seed=3)
+    raw, affine = np.asanyarray(nib.load(base).dataobj), nib.load(base).affine
+    assert raw.dtype == np.int16
+    floats = (raw / 7).astype(np.float32)
+    floats[7, 8, 6, ::3] = np.nan  # inside the EPI mask: the centre of the field of view
+    floats[6, 8, 6, 1::4] = np.inf
+    floats[7, 7, 5, 2] = -np.inf
+    runs = {
+        "int16": _saved(folder, "int16.nii", raw, affine),
+        "uint8": _saved(folder, "uint8.nii", (raw // 16).clip(0, 255).astype(np.uint8), affine),
+        "float32": _saved(folder, "float32.nii", floats, affine),
+        "scaled": _saved(folder, "scaled.nii", raw, affine, slope=0.5),
+    }
+    # nibabel (so daskmask) scales int16 by a float32 slope and intercept into float64
+    assert np.asanyarray(nib.load(runs["scaled"]).dataobj).dtype == np.float64
+    mask = nl_masking.compute_epi_mask(str(base))
+    assert np.asarray(mask.dataobj)[[7, 6, 7], [8, 8, 7], [6, 6, 5]].all()
+    return runs, mask
+
+
+def _raw_file(signals) -> Path:
+    """The path of the raw intermediate file ``signals``' graph writes."""
+    from daskmask.extraction import _store
+
+    (store,) = [
+        task[1]
+        for name, layer in signals.dask.layers.items()
+        if name.startswith(_store.LAYER_PREFIX)
+        for task in layer.values()
+        if isinstance(task, tuple) and task and task[0] is _store.prepare_store
+    ]
+    return Path(os.fspath(store)) / _store.RAW
+
+
+@pytest.mark.parametrize(
+    ("kind", "requested", "stored"),
+    [
+        ("int16", "f", np.int16),
+        ("uint8", "f", np.uint8),
+        ("float32", "f", np.float32),
+        ("float32", "float64", np.float32),
+        ("scaled", "f", np.float64),
+        ("int16", "float64", np.int16),
+        ("scaled", "float32", np.float32),  # never wider than the result
+    ],
+)
+def test_intermediate_file_holds_the_narrow_dtype(
+    kind, requested, stored, typed_runs, monkeypatch
+):
+    from daskmask.extraction import _store
+
+    runs, mask = typed_runs
+    expected = nl_masking.apply_mask(str(runs[kind]), mask, dtype=requested)
+    # Pieces of 3 rows of a block: reads cast piece by piece, the last piece shorter.
+    monkeypatch.setattr(_store, "PIECE_BYTES", 3 * 40 * np.dtype(stored).itemsize)
+    signals = apply_mask(
+        runs[kind], mask, dtype=requested, strategy="intermediate", block_bytes=4_000
+    )
+    assert signals.numblocks[1] > 2
+    result = signals.compute()
+    # The file holds the input's (scaled) values, not the result's wider ones.
+    assert _raw_file(signals).stat().st_size == expected.size * np.dtype(stored).itemsize
+    assert result.dtype == expected.dtype
+    np.testing.assert_array_equal(result, expected)
+    if kind == "float32":
+        assert np.isfinite(result).all() and (result == 0).sum() > (expected.shape[0] // 3)
+
+
+@pytest.mark.parametrize("kind", ["int16", "uint8", "float32", "scaled"])
+@pytest.mark.parametrize("requested", ["f", "float64", "float32"])
+def test_in_graph_rechunk_of_narrow_values_equals_nilearn(kind, requested, typed_runs):
+    runs, mask = typed_runs
+    expected = nl_masking.apply_mask(str(runs[kind]), mask, dtype=requested)
+    signals = apply_mask(
+        runs[kind], mask, dtype=requested, strategy="in-memory", block_bytes=4_000
+    )
+    assert signals.dtype == expected.dtype
+    result = signals.compute()
+    assert result.dtype == expected.dtype
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_non_finite_kept_in_a_narrow_float_intermediate(typed_runs):
+    runs, mask = typed_runs
+    expected = nl_masking.apply_mask(
+        str(runs["float32"]), mask, dtype="float64", ensure_finite=False
+    )
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    signals = apply_mask(
+        runs["float32"],
+        mask,
+        dtype="float64",
+        ensure_finite=False,
+        strategy="intermediate",
+        block_bytes=4_000,
+    )
+    np.testing.assert_array_equal(signals.compute(), expected)
+
+
+@pytest.mark.parametrize(
+    ("input_dtype", "out_dtype", "expected"),
+    [
+        ("int16", "float32", "int16"),
+        ("uint8", "float32", "uint8"),
+        ("float32", "float64", "float32"),
+        ("int32", "float64", "int32"),
+        ("float64", "float32", "float32"),  # never widened: cast in stage 1
+        ("int32", "float32", "float32"),  # same size (and inexact)
+        ("float32", "int64", "int64"),  # narrower but not exact
+        (">i2", "float32", "int16"),  # native byte order
+    ],
+)
+def test_intermediate_dtype_rules(input_dtype, out_dtype, expected):
+    from daskmask.extraction._apply_mask import intermediate_dtype
+
+    chosen = intermediate_dtype(input_dtype, out_dtype)
+    assert chosen == np.dtype(expected) and chosen.isnative
+
+
+@pytest.mark.cluster
+def test_p2p_moves_the_narrow_values(client, typed_runs):
+    runs, mask = typed_runs
+    expected = nl_masking.apply_mask(str(runs["int16"]), mask)
+    with client.as_current():
+        signals = apply_mask(runs["int16"], mask, strategy="p2p", block_bytes=4_000)
+        result = signals.compute()
+    (exchange,) = [name for name in signals.dask.layers if "rechunk-p2p" in name]
+    # The exchange moves stage 1's int16 rows; the cast to float32 follows it.
+    assert signals.dask.dependencies[signals.name] == {exchange}
+    exchanged = da.Array(signals.dask, exchange, chunks=signals.chunks, meta=np.empty((0, 0)))
+    with client.as_current():
+        assert exchanged.compute().dtype == np.int16
+    assert result.dtype == np.float32
+    np.testing.assert_array_equal(result, expected)

@@ -157,3 +157,25 @@ def test_p2p_needs_a_distributed_client():
         plan_extraction(**LARGE, strategy="p2p", distributed=False)
     with pytest.raises(ValueError, match="daskmask.reorganise"):
         plan_extraction(**LARGE, strategy="files")
+
+
+# --- values moved narrower than the result (an int16 run's, for float32 signals) ---------
+
+
+@pytest.mark.parametrize("strategy", ["in-memory", "intermediate", "p2p"])
+def test_a_p2p_block_holds_its_narrow_values_and_their_cast_in_budget(strategy):
+    wide = plan_extraction(**LARGE, strategy=strategy, distributed=True)
+    narrow = plan_extraction(**LARGE, strategy=strategy, distributed=True, intermediate_itemsize=2)
+    assert (wide.intermediate_itemsize, narrow.intermediate_itemsize) == (4, 2)
+    if strategy == "p2p":  # a whole narrow block is cast at once
+        held = LARGE["n_timepoints"] * narrow.voxel_block * (4 + 2)
+        assert held <= LARGE["block_bytes"] < held + LARGE["n_timepoints"] * (4 + 2)
+        assert narrow.voxel_block < wide.voxel_block
+    else:  # the raw file is read piecewise; the in-graph rechunk holds the run anyway
+        assert narrow.voxel_block == wide.voxel_block
+
+
+@pytest.mark.parametrize("intermediate_itemsize", [0, 8])
+def test_the_intermediate_is_never_wider_than_the_result(intermediate_itemsize):
+    with pytest.raises(ValueError, match="intermediate's at most the result's"):
+        plan_extraction(**LARGE, intermediate_itemsize=intermediate_itemsize)

@@ -7,6 +7,12 @@ The reorganisation into ``(all time, voxel_block)`` blocks then follows an
 runs that fit in the byte budget; otherwise a temporary raw file in scratch
 (see :mod:`daskmask.extraction._store`) when every worker sees the client's
 scratch folder, or distributed's P2P rechunk when they do not.
+
+The reorganised values keep the input's own dtype when it is narrower than
+the output's and converts to it exactly (:func:`intermediate_dtype`): an
+int16 run moves int16 bytes through the scratch file, the P2P exchange or the
+in-graph rechunk, half of float32's, and stage 2 casts each block as it
+reads it.
 """
 
 from __future__ import annotations
@@ -62,6 +68,36 @@ def output_dtype(input_dtype: DTypeLike, dtype: DTypeLike | Literal["f"] = "f") 
     else:
         chosen = np.dtype(dtype)
     return chosen.newbyteorder("=")
+
+
+def intermediate_dtype(input_dtype: DTypeLike, out_dtype: DTypeLike) -> np.dtype:
+    """Return the dtype the masked values are reorganised in, before their cast to ``out_dtype``.
+
+    The input's dtype when it is narrower than ``out_dtype`` and every one of
+    its values converts exactly (``numpy.can_cast(..., "safe")``: int16 or
+    uint8 to float32, float32 to float64); ``out_dtype`` otherwise, so that
+    the intermediate never grows (float64 input with float32 requested is
+    cast in stage 1, as before). The cast is the same whenever it happens,
+    so the values are too.
+
+    Parameters
+    ----------
+    input_dtype : dtype-like
+        Dtype of the data masked by stage 1 (after scaling, smoothing or
+        resampling).
+    out_dtype : dtype-like
+        Dtype of the result (:func:`output_dtype`).
+
+    Returns
+    -------
+    numpy.dtype
+        Native byte order.
+
+    """
+    input_dtype, out_dtype = np.dtype(input_dtype), np.dtype(out_dtype)
+    if input_dtype.itemsize < out_dtype.itemsize and np.can_cast(input_dtype, out_dtype, "safe"):
+        return input_dtype.newbyteorder("=")
+    return out_dtype.newbyteorder("=")
 
 
 def flat_fortran_index(mask: np.ndarray) -> np.ndarray:
@@ -122,8 +158,9 @@ def mask_slabs(
     mask : numpy.ndarray
         3D boolean mask of the same spatial shape.
     out_dtype : numpy.dtype
-        Dtype of the result (the cast follows the masking, which gives the
-        same values as casting first).
+        Dtype of the masked rows (the cast follows the masking, which gives
+        the same values as casting first): the result's, or the narrower
+        :func:`intermediate_dtype` that the reorganisation casts later.
     ensure_finite : bool, default=True
         Replace NaN and infinite values by 0.
 
@@ -155,7 +192,9 @@ def mask_slabs(
     )
 
 
-def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
+def to_voxel_blocks(
+    masked: da.Array, plan: ExtractionPlan, dtype: DTypeLike | None = None
+) -> da.Array:
     """Reorganise ``(time slab, all voxels)`` chunks into ``(all time, voxel_block)`` blocks.
 
     Parameters
@@ -164,6 +203,11 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
         ``(time, voxel)`` array with one chunk along voxels (from :func:`mask_slabs`).
     plan : ExtractionPlan
         The strategy and block size.
+    dtype : dtype-like or None, default=None
+        Dtype of the blocks; None keeps ``masked``'s. The values are moved in
+        ``masked``'s dtype and each block is cast once reorganised (read
+        piecewise from the scratch file, so that a read holds its cast block
+        and a bounded piece).
 
     Returns
     -------
@@ -175,27 +219,31 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
 
     """
     target = {0: -1, 1: plan.voxel_chunks}
+    out_dtype = masked.dtype if dtype is None else np.dtype(dtype)
     if plan.strategy == "in-memory":
-        return masked.rechunk(target, method="tasks")
+        return masked.rechunk(target, method="tasks").astype(out_dtype)
     if plan.strategy == "p2p":
         # Pieces of slabs go from worker to worker and spill to each worker's
         # own disk (distributed's shuffle extension): nothing another worker
         # must read from a file. A worker lost mid-way restarts the exchange.
         # block_size_limit: distributed merges small slabs before the exchange, by
         # default up to array.chunk-size (128 MiB); the plan's budget bounds them.
-        return masked.rechunk(target, method="p2p", block_size_limit=plan.block_bytes)
+        # The narrow values cross the network; each block is cast where it lands.
+        return masked.rechunk(target, method="p2p", block_size_limit=plan.block_bytes).astype(
+            out_dtype
+        )
     if masked.numblocks[1] != 1:
         masked = masked.rechunk({1: -1})
     n_time, n_voxels = masked.shape
     store = TemporaryStore()
-    dtype = masked.dtype.str
-    token = tokenize(masked.name, plan, store.root)
+    stored = masked.dtype.str
+    token = tokenize(masked.name, plan, store.root, out_dtype.str)
     prepare = "daskmask-intermediate-prepare-" + token
     write = "daskmask-intermediate-write-" + token
     gate = "daskmask-intermediate-barrier-" + token
     name = _store.LAYER_PREFIX + token
     shape = (n_time, n_voxels)
-    graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, dtype)}
+    graph: dict[Any, Any] = {prepare: (_store.prepare_store, store, shape, stored)}
     starts = np.cumsum((0, *masked.chunks[0][:-1]))
     voxel_chunks = plan.voxel_chunks
     edges = tuple(int(edge) for edge in np.cumsum((0, *voxel_chunks)))
@@ -216,11 +264,12 @@ def to_voxel_blocks(masked: da.Array, plan: ExtractionPlan) -> da.Array:
             int(edges[block]),
             int(edges[block + 1]),
             shape,
-            dtype,
+            stored,
+            out_dtype.str,
         )
     layers = HighLevelGraph.from_collections(name, graph, dependencies=[masked])
     return da.Array(
-        layers, name, chunks=((n_time,), voxel_chunks), meta=np.empty((0, 0), masked.dtype)
+        layers, name, chunks=((n_time,), voxel_chunks), meta=np.empty((0, 0), out_dtype)
     )
 
 
@@ -348,9 +397,13 @@ def extract_signals(
         data = smooth_volumes(data, np.asarray(affine)[:3, :3], smoothing_fwhm, ensure_finite)
         if smoothed_dtype(data.dtype) != out_dtype and out_dtype.kind not in "fc":
             warn_user(f"Smoothed signals are cast to the requested integer dtype {out_dtype}.")
-    masked = mask_slabs(data, mask, out_dtype, ensure_finite)
     if single_volume:
+        masked = mask_slabs(data, mask, out_dtype, ensure_finite)
         return masked[0].rechunk(-1) if voxel_block is None else masked[0].rechunk(voxel_block)
+    # Non-finite values become 0 in stage 1, in the narrow float dtype when the
+    # intermediate is one: NaN and infinities stay so through the exact cast, so
+    # the zeros land on the same values.
+    masked = mask_slabs(data, mask, intermediate_dtype(data.dtype, out_dtype), ensure_finite)
     if strategy == "auto":
         strategy = dask.config.get(STRATEGY_KEY, "auto") or "auto"
     distributed, shared = _where_it_runs(strategy)
@@ -360,13 +413,14 @@ def extract_signals(
         masked.shape[1],
         out_dtype.itemsize,
         block_bytes,
+        intermediate_itemsize=masked.dtype.itemsize,
         strategy=strategy,
         voxel_block=voxel_block,
         parallelism=total_threads(),
         distributed=distributed,
         scratch_shared=shared,
     )
-    return to_voxel_blocks(masked, plan)
+    return to_voxel_blocks(masked, plan, out_dtype)
 
 
 def _where_it_runs(strategy: str) -> tuple[bool, bool]:

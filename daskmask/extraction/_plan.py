@@ -23,6 +23,12 @@ This module decides, from sizes alone, how to do it within a byte budget:
     workers over the network and spills them to each worker's own disk.
     Each worker holds its share of pieces and its output blocks, not the run.
 
+The masked values may be moved in a narrower dtype than the result's (an
+int16 run's values for float32 signals) and cast once reorganised. A stage-2
+read of the raw file casts piece by piece, into its result-sized block; the
+two rechunks cast a whole narrow block, so the ``"p2p"`` plan sizes its
+blocks for the narrow block and its cast together.
+
 The facts (distributed or not, scratch shared or not) are inputs: the plan
 does no I/O. ``dask.config.set({"daskmask.reorganise": ...})`` forces one.
 """
@@ -67,6 +73,12 @@ class ExtractionPlan:
     voxel_block: int
     #: The byte budget the plan was made for.
     block_bytes: int
+    #: Bytes per value of the reorganised intermediate (at most ``itemsize``).
+    intermediate_itemsize: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.intermediate_itemsize:
+            object.__setattr__(self, "intermediate_itemsize", self.itemsize)
 
     @property
     def voxel_chunks(self) -> tuple[int, ...]:
@@ -167,6 +179,7 @@ def plan_extraction(
     itemsize: int,
     block_bytes: int | str | None = None,
     *,
+    intermediate_itemsize: int | None = None,
     strategy: StrategyRequest = "auto",
     voxel_block: int | None = None,
     parallelism: int = 1,
@@ -187,6 +200,11 @@ def plan_extraction(
         Bytes per value of the masked signals.
     block_bytes : int, str or None, default=None
         Byte budget of one task; None means :func:`daskmask._memory.task_budget_bytes`.
+    intermediate_itemsize : int or None, default=None
+        Bytes per value of the reorganised intermediate, when the values
+        move narrower than ``itemsize`` and are cast after; None: ``itemsize``.
+        A ``"p2p"`` block then holds ``itemsize + intermediate_itemsize``
+        bytes per value at its cast.
     strategy : {"auto", "in-memory", "intermediate", "p2p"}, default="auto"
         ``"auto"`` picks ``"in-memory"`` when the whole masked run fits in
         ``block_bytes``; otherwise ``"p2p"`` on a distributed cluster whose
@@ -221,10 +239,12 @@ def plan_extraction(
     """
     budget = resolve_block_bytes(block_bytes)
     time_chunks = tuple(int(size) for size in time_chunks)
-    if n_timepoints < 0 or n_voxels < 0 or itemsize <= 0:
+    narrow = itemsize if intermediate_itemsize is None else int(intermediate_itemsize)
+    if n_timepoints < 0 or n_voxels < 0 or itemsize <= 0 or not 0 < narrow <= itemsize:
         raise ValueError(
-            f"Sizes must be non-negative (itemsize positive); got n_timepoints={n_timepoints}, "
-            f"n_voxels={n_voxels}, itemsize={itemsize}."
+            f"Sizes must be non-negative (itemsizes positive, the intermediate's at most the "
+            f"result's); got n_timepoints={n_timepoints}, n_voxels={n_voxels}, "
+            f"itemsize={itemsize}, intermediate_itemsize={intermediate_itemsize}."
         )
     if sum(time_chunks) != n_timepoints or any(size < 0 for size in time_chunks):
         raise ValueError(
@@ -242,16 +262,6 @@ def plan_extraction(
             "distributed.Client (daskmask.connect()). Without one, use 'auto' "
             f"(dask config '{STRATEGY_KEY}')."
         )
-    if voxel_block is None:
-        per_voxel = max(1, n_timepoints * itemsize)
-        voxel_block = max(1, min(max(n_voxels, 1), budget // per_voxel))
-        n_blocks = -(-n_voxels // voxel_block)
-        if n_blocks > 1 and parallelism > 1:
-            n_blocks = -(-n_blocks // parallelism) * parallelism
-            voxel_block = max(1, -(-n_voxels // n_blocks))
-    elif isinstance(voxel_block, bool) or int(voxel_block) <= 0:
-        raise ValueError(f"voxel_block must be a positive int; got {voxel_block!r}.")
-    voxel_block = int(voxel_block)
     chosen: Strategy
     if strategy == "auto":
         fits = n_timepoints * n_voxels * itemsize <= budget
@@ -263,6 +273,20 @@ def plan_extraction(
             chosen = "intermediate"
     else:
         chosen = strategy
+    if voxel_block is None:
+        # A P2P block is cast whole (its narrow values and its cast at once); a
+        # read of the raw file casts piecewise, and the in-graph rechunk holds the
+        # whole run anyway (it fits the budget).
+        held = itemsize + (narrow if chosen == "p2p" and narrow < itemsize else 0)
+        per_voxel = max(1, n_timepoints * held)
+        voxel_block = max(1, min(max(n_voxels, 1), budget // per_voxel))
+        n_blocks = -(-n_voxels // voxel_block)
+        if n_blocks > 1 and parallelism > 1:
+            n_blocks = -(-n_blocks // parallelism) * parallelism
+            voxel_block = max(1, -(-n_voxels // n_blocks))
+    elif isinstance(voxel_block, bool) or int(voxel_block) <= 0:
+        raise ValueError(f"voxel_block must be a positive int; got {voxel_block!r}.")
+    voxel_block = int(voxel_block)
     return ExtractionPlan(
         strategy=chosen,
         n_timepoints=int(n_timepoints),
@@ -271,6 +295,7 @@ def plan_extraction(
         time_chunks=time_chunks if time_chunks else (0,),
         voxel_block=voxel_block,
         block_bytes=budget,
+        intermediate_itemsize=narrow,
     )
 
 

@@ -6,7 +6,9 @@ One raw ``(time, voxel)`` file, ``signals.raw``, per graph. Its tasks:
   (a sparse extension), and never truncates or shrinks it;
 * each stage-1 task writes its rows with ``pwrite``, one call per voxel block;
 * after a barrier on every write, each stage-2 task reads its block of columns
-  with one ``pread``.
+  with one ``pread``, or, when the file holds a narrower dtype than the
+  result (an int16 run's values, for float32 signals), with one ``pread`` per
+  piece of :data:`PIECE_BYTES` cast into the result's dtype.
 
 The file is shared by every computation of the graph (``np.asarray`` in two
 threads, ``.compute()`` then ``.mean()``, ``save``) and outlives them all:
@@ -68,6 +70,10 @@ SIGNALS = "signals.zarr"
 RAW = "signals.raw"
 #: Start of the name of the graph layer that writes and reads the intermediate.
 LAYER_PREFIX = "daskmask-voxel-blocks-"
+#: Bytes of one piece of a block read in a narrower dtype than its result's: the
+#: read holds its cast block and one piece (small enough to stay in the CPU's
+#: cache between the ``pread`` and the cast), never the whole narrow block too.
+PIECE_BYTES = 1 << 20
 
 
 def _codec() -> list[Any]:
@@ -84,7 +90,8 @@ class InMemoryIntermediate:
     :mod:`daskmask.maskers._in_memory`) and that array has the intermediate's
     shape and dtype, its graph optimisation puts an object of this class in
     place of the ``prepare`` task: stage 1 then copies its rows into the
-    result, and stage 2 hands on views of its columns, which the cleaning
+    result (cast to its dtype on the way when they are narrower), and
+    stage 2 hands on views of its columns, which the cleaning
     copies before its cleaned block is copied back to the same columns. No
     file is written, read or removed: on the benchmark machine the file's
     ``pwrite`` into fresh page-cache pages alone took 2.1 s of CPU for the
@@ -235,9 +242,29 @@ def barrier(path: str | InMemoryIntermediate, written: list[int]) -> str | InMem
 
 
 def read_block(
-    path: str | InMemoryIntermediate, start: int, stop: int, shape: tuple[int, int], dtype: str
+    path: str | InMemoryIntermediate,
+    start: int,
+    stop: int,
+    shape: tuple[int, int],
+    dtype: str,
+    out_dtype: str | None = None,
 ) -> Any:
     """Read the voxel block of columns ``start:stop`` (all rows) written by :func:`write_blocks`.
+
+    Parameters
+    ----------
+    path : str or InMemoryIntermediate
+        The intermediate (:func:`prepare_store`), or the result array it is
+        kept in.
+    start, stop : int
+        Its columns.
+    shape : tuple of int
+        ``(n_timepoints, n_voxels)`` of the intermediate.
+    dtype : str
+        Data type of the file.
+    out_dtype : str or None, default=None
+        Data type of the block returned (None: ``dtype``); the file's values
+        are cast to it exactly, :data:`PIECE_BYTES` at a time.
 
     Returns
     -------
@@ -251,19 +278,31 @@ def read_block(
         If the intermediate was removed (its graph was garbage collected).
 
     """
+    stored = np.dtype(dtype)
+    wanted = stored if out_dtype is None else np.dtype(out_dtype)
     if isinstance(path, InMemoryIntermediate):
-        return path.array()[:, start:stop]  # a view: its consumer copies it
-    n_rows = int(shape[0])
-    block = np.empty((n_rows, stop - start), dtype=np.dtype(dtype))
+        columns = path.array()[:, start:stop]  # a view: its consumer copies it
+        return columns if columns.dtype == wanted else columns.astype(wanted)
+    n_rows, width = int(shape[0]), stop - start
+    block = np.empty((n_rows, width), dtype=wanted)
     if not block.size:
         return block
-    # One pread for the whole block (see daskmask._rawio on memory maps).
+    offset = n_rows * start * stored.itemsize
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _missing(os.path.dirname(path)) from None
     try:
-        read_exactly(fd, memoryview(block).cast("B"), n_rows * start * block.itemsize)
+        if stored == wanted:
+            # One pread for the whole block (see daskmask._rawio on memory maps).
+            read_exactly(fd, memoryview(block).cast("B"), offset)
+            return block
+        rows = max(1, PIECE_BYTES // (width * stored.itemsize))
+        piece = np.empty((min(rows, n_rows), width), dtype=stored)
+        for first in range(0, n_rows, rows):
+            part = piece[: min(rows, n_rows - first)]
+            read_exactly(fd, memoryview(part).cast("B"), offset + first * width * stored.itemsize)
+            block[first : first + len(part)] = part
     finally:
         os.close(fd)
     return block

@@ -203,10 +203,12 @@ def _intermediate_in_result(
     The intermediate's ``prepare`` task (the scratch file) becomes an
     :class:`~daskmask.extraction._store.InMemoryIntermediate` over the result
     array. Conditions, else ``dsk`` is returned unchanged: one intermediate,
-    of the result's shape and dtype, one chunk along time, and every output
-    block computed from the stage-2 read of its own columns and no other
-    (the cleaned block is copied over the columns it was read from, so a read
-    of those columns after that copy would see cleaned values).
+    of the result's shape, read in the result's dtype (stage 1 may write
+    narrower rows: they are cast as they are copied in), one chunk along
+    time, and every output block computed from the stage-2 read of its own
+    columns and no other (the cleaned block is copied over the columns it
+    was read from, so a read of those columns after that copy would see
+    cleaned values).
     """
     if not isinstance(dsk, HighLevelGraph) or len(chunks) != 2 or len(chunks[0]) != 1:
         return dsk
@@ -220,8 +222,8 @@ def _intermediate_in_result(
     if len(found) != 1:
         return dsk
     layer_name, prepare = found[0]
-    _, _, shape, dtype = dsk.layers[layer_name][prepare]
-    if tuple(shape) != result.shape or np.dtype(dtype) != result.dtype:
+    _, _, shape, _ = dsk.layers[layer_name][prepare]
+    if tuple(shape) != result.shape:
         return dsk
     graph = convert_legacy_graph(ensure_dict(dsk))
     if not _computes_only(graph, keys, own):
@@ -231,6 +233,8 @@ def _intermediate_in_result(
         for key, node in graph.items()
         if isinstance(node, Task) and node.func is _store.read_block
     }
+    if any(np.dtype(graph[read].args[-1]) != result.dtype for read in reads.values()):
+        return dsk
     columns = _slices(chunks[1])
     for key, where in zip(own, columns, strict=True):
         read = reads.get((where.start, where.stop))
