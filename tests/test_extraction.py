@@ -23,6 +23,7 @@ from _runs import RUNS
 from distributed import Client, LocalCluster
 from nilearn import image as nl_image
 from nilearn import masking as nl_masking
+from test_masker_in_memory import _scratch_file
 
 from daskmask._memory import total_threads
 from daskmask.datasets import generate_epi
@@ -487,20 +488,6 @@ def typed_runs(tmp_path_factory):
     return runs, mask
 
 
-def _raw_file(signals) -> Path:
-    """The path of the raw intermediate file ``signals``' graph writes."""
-    from daskmask.extraction import _store
-
-    (store,) = [
-        task[1]
-        for name, layer in signals.dask.layers.items()
-        if name.startswith(_store.LAYER_PREFIX)
-        for task in layer.values()
-        if isinstance(task, tuple) and task and task[0] is _store.prepare_store
-    ]
-    return Path(os.fspath(store)) / _store.RAW
-
-
 @pytest.mark.parametrize(
     ("kind", "requested", "stored"),
     [
@@ -528,7 +515,7 @@ def test_intermediate_file_holds_the_narrow_dtype(
     assert signals.numblocks[1] > 2
     result = signals.compute()
     # The file holds the input's (scaled) values, not the result's wider ones.
-    assert _raw_file(signals).stat().st_size == expected.size * np.dtype(stored).itemsize
+    assert Path(_scratch_file(signals)).stat().st_size == expected.size * np.dtype(stored).itemsize
     assert result.dtype == expected.dtype
     np.testing.assert_array_equal(result, expected)
     if kind == "float32":
