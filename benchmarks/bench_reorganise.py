@@ -53,9 +53,9 @@ from daskmask.extraction import _apply_mask
 
 _raw_file = _apply_mask.to_voxel_blocks
 
-def _zarr_blocks(masked, plan):
+def _zarr_blocks(masked, plan, dtype=None):
     if plan.strategy == "in-memory":
-        return _raw_file(masked, plan)
+        return _raw_file(masked, plan, dtype)
     if masked.numblocks[1] != 1:
         masked = masked.rechunk({1: -1})
     url = f"s3://bench/intermediate/{uuid.uuid4().hex}.zarr"
@@ -66,7 +66,8 @@ def _zarr_blocks(masked, plan):
     )
     written = da.store(masked, array, lock=False, compute=False)
     blocks = da.from_zarr(array, chunks=((masked.shape[0],), plan.voxel_chunks))
-    return bind(blocks, written)
+    blocks = bind(blocks, written)
+    return blocks if dtype is None else blocks.astype(dtype)
 
 _apply_mask.to_voxel_blocks = _zarr_blocks
 dask.config.set({"daskmask.reorganise": "intermediate"})
