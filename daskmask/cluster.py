@@ -232,13 +232,13 @@ def _start_local(
         ).start()
     # Client(**cluster_kwargs) owns the LocalCluster it starts: closing the
     # client also stops the workers.
-    with warnings.catch_warnings(), _forked_workers(forked) as preloaded:
+    with warnings.catch_warnings(), _forked_workers(forked) as server:
         # Another cluster holding 8787 is normal (a notebook, a second batch): the
         # dashboard moves to a free port, and dashboard_message() prints where.
         warnings.filterwarnings(
             "ignore", message="Port .* is already in use", category=UserWarning
         )
-        client = Client(
+        client = _LocalClient(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
             processes=forked,
@@ -246,7 +246,9 @@ def _start_local(
             dashboard_address=dashboard_address,
             **overrides,
         )
-    if forked and not preloaded:
+    if server is not None:
+        client._own_server(server)
+    elif forked:
         # Spawned workers start as fresh interpreters: each would import the
         # readers and the extraction (1-2 s) when its first task arrives. Ask
         # them now, so that it happens while this process opens the run and
@@ -266,7 +268,7 @@ _forkserver_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _forked_workers(wanted: bool) -> Iterator[bool]:
+def _forked_workers(wanted: bool) -> Iterator[_ForkServer | None]:
     """Within the block, LocalCluster workers are forks of a server that did their imports.
 
     distributed starts each worker process as a fresh interpreter (``spawn``)
@@ -284,15 +286,15 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
     server already running in this process (not started here, with other
     imports and environment) leave the start as it was.
 
-    The server is this cluster's alone: once the workers are forked,
-    multiprocessing forgets it (the next ``forkserver`` user of the process
-    starts a fresh one) and it ends by itself with the last of its workers,
-    when the cluster closes.
+    The server is this cluster's alone: once the workers are forked (the end
+    of the block), multiprocessing forgets it (the next ``forkserver`` user of
+    the process starts a fresh one) and it ends with the last of its workers
+    once the yielded handle is closed, after the cluster.
 
     Yields
     ------
-    bool
-        True when the workers are forked from a server that imported the task modules.
+    _ForkServer or None
+        The server the workers are forked from, None when they are not.
 
     """
     import multiprocessing
@@ -303,7 +305,7 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
         or method != "spawn"
         or "forkserver" not in multiprocessing.get_all_start_methods()
     ):
-        yield False
+        yield None
         return
     from multiprocessing import forkserver
 
@@ -312,7 +314,7 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
     server = getattr(forkserver, "_forkserver", None)
     with _forkserver_lock:
         if server is None or getattr(server, "_forkserver_pid", 0) is not None:
-            yield False  # another server of this process (or an unknown multiprocessing)
+            yield None  # another server of this process (or an unknown multiprocessing)
             return
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
             forkserver.set_forkserver_preload(list(_FORKSERVER_PRELOAD))
@@ -326,10 +328,14 @@ def _forked_workers(wanted: bool) -> Iterator[bool]:
             # names its own preload list: after the start, so that the server's imports
             # run meanwhile and the list it names (a subset of ours) applies to no server.
             get_mp_context()
+            handle = _ForkServer()
             try:
-                yield True
-            finally:
-                _forget_forkserver(server)
+                yield handle
+            except BaseException:
+                handle.forget(server)
+                handle.close()  # no cluster to wait for: the server ends with its workers
+                raise
+            handle.forget(server)
 
 
 def _pre_spawn_environment() -> dict[str, str]:
@@ -385,30 +391,68 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _forget_forkserver(server: Any) -> None:
-    """Let the fork server end with its workers; the next forkserver user starts another.
+class _ForkServer:
+    """The fork server of one embedded cluster, forgotten by multiprocessing once it forked.
 
     A server runs until every process holding its "alive" pipe (this one and
-    each worker it forked) has closed it: closing ours here leaves it to the
-    workers, so it exits when the cluster's last worker does (it keeps
-    reporting their exits to their nannies until then). A thread reaps it.
+    each worker it forked) has closed it, and it reports each worker's exit
+    to that worker's nanny through a pipe of its own. Once the server has
+    exited, a worker that exits after it is reported through that pipe's end
+    of file alone, which comes only when the server's interpreter has torn
+    down numpy, distributed and the rest (0.3-0.4 s; the nanny, and the
+    cluster's close, wait for it, and take the worker for killed). This
+    process therefore keeps its end of the alive pipe until the cluster has
+    closed (:meth:`close`): every worker's exit is reported at once, and the
+    server ends afterwards: stopped by SIGTERM once it has no worker left (its
+    interpreter's teardown, 0.3-0.4 s of CPU, saves nothing, and it would hold
+    this process's standard output open after this process has exited), or on
+    its own when the pipe closes.
     """
-    with server._lock:  # noqa: SLF001 (multiprocessing.forkserver's own state)
-        pid, alive = server._forkserver_pid, server._forkserver_alive_fd  # noqa: SLF001
-        address = server._forkserver_address  # noqa: SLF001
-        for name in ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address"):
-            setattr(server, name, None)
-        if hasattr(server, "_forkserver_authkey"):  # Python >= 3.14
-            server._forkserver_authkey = None  # noqa: SLF001
-    if alive is not None:
-        os.close(alive)
-    if isinstance(address, str) and not address.startswith("\0"):
-        with contextlib.suppress(OSError):
-            os.unlink(address)
-    if pid is not None:
-        threading.Thread(
-            target=_reap, args=(pid,), name="daskmask-forkserver-reaper", daemon=True
-        ).start()
+
+    def __init__(self) -> None:
+        self._alive: int | None = None
+        # The server's process (a pidfd: signalled, it can never be another process).
+        self._process: int | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def forget(self, server: Any) -> None:
+        """Let ``server`` end with its workers and this handle; the next user starts another."""
+        with server._lock:  # noqa: SLF001 (multiprocessing.forkserver's own state)
+            pid, alive = server._forkserver_pid, server._forkserver_alive_fd  # noqa: SLF001
+            address = server._forkserver_address  # noqa: SLF001
+            for name in ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address"):
+                setattr(server, name, None)
+            if hasattr(server, "_forkserver_authkey"):  # Python >= 3.14
+                server._forkserver_authkey = None  # noqa: SLF001
+        with self._lock:
+            self._alive = alive
+            if pid is not None and hasattr(os, "pidfd_open"):
+                with contextlib.suppress(OSError):
+                    self._process, self._pid = os.pidfd_open(pid), pid
+        if isinstance(address, str) and not address.startswith("\0"):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        if pid is not None:
+            threading.Thread(
+                target=_reap, args=(pid,), name="daskmask-forkserver-reaper", daemon=True
+            ).start()
+
+    def close(self) -> None:
+        """Let the server end: at once if it has no worker left, else after its last one."""
+        with self._lock:
+            alive, self._alive = self._alive, None
+            process, self._process = self._process, None
+        if alive is not None:
+            os.close(alive)
+        if process is None:
+            return
+        try:
+            with contextlib.suppress(psutil.Error, OSError):
+                if not psutil.Process(self._pid).children():
+                    signal.pidfd_send_signal(process, signal.SIGTERM)
+        finally:
+            os.close(process)
 
 
 def _reap(pid: int) -> None:
@@ -637,6 +681,45 @@ class _ClusterClient(Client):
             if cluster is not None:
                 self._daskmask_cluster = None
                 _stop(cluster, timeout=timeout)
+
+
+class _LocalClient(Client):
+    """The embedded LocalCluster's client: closing it also lets the workers' fork server end."""
+
+    _daskmask_server: _ForkServer | None = None
+
+    def _own_server(self, server: _ForkServer) -> None:
+        """Close ``server`` after this client's cluster (see :class:`_ForkServer`)."""
+        self._daskmask_server = server
+        _LOCAL_CLIENTS.add(self)
+        # Closed when this client is collected unclosed too; at the end of the process
+        # _close_local_clients closes the client first (not this finalizer: too early).
+        weakref.finalize(self, server.close).atexit = False
+
+    def close(self, timeout: Any = None) -> Any:
+        """Close the client and its cluster, then let the fork server end."""
+        try:
+            return super().close() if timeout is None else super().close(timeout=timeout)
+        finally:
+            if self._daskmask_server is not None:
+                self._daskmask_server.close()
+
+
+#: Clients of embedded clusters with a fork server, not closed yet.
+_LOCAL_CLIENTS: weakref.WeakSet[_LocalClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    """At exit, close the embedded clusters, then their fork servers.
+
+    distributed's own exit hooks close the cluster but not this client, so
+    the fork server would outlive this process. Registered after distributed
+    was imported, this runs before them.
+    """
+    for client in list(_LOCAL_CLIENTS):
+        with contextlib.suppress(Exception):
+            client.close(timeout=10)
 
 
 #: Clusters started by :func:`connect` and not closed yet: stopped at exit and on SIGTERM.

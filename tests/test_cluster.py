@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -192,6 +193,81 @@ def test_this_process_imports_the_task_modules_while_the_workers_start():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[-1] == "[True, True]"
+
+
+def _descendants() -> dict[int, psutil.Process]:
+    """This process's children, but multiprocessing's resource tracker (it lives as long)."""
+    found = {}
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "resource_tracker" not in " ".join(process.cmdline()):
+                found[process.pid] = process
+    return found
+
+
+@pytest.mark.cluster
+def test_closing_the_embedded_cluster_leaves_no_process(monkeypatch):
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    before = _descendants()
+    client = dm.connect(n_workers=2, dashboard_address=None)
+    started = {pid: process for pid, process in _descendants().items() if pid not in before}
+    assert len(started) == 3, started  # the fork server and its two workers
+    client.close()
+    _, alive = psutil.wait_procs(list(started.values()), timeout=10)
+    assert alive == []
+    # The next cluster of the process starts as the first did.
+    with dm.connect(n_workers=1, dashboard_address=None) as again:
+        assert len(again.scheduler_info()["workers"]) == 1
+
+
+@pytest.mark.cluster
+def test_closing_the_cluster_reports_every_worker_as_exited(monkeypatch, caplog):
+    """The fork server outlives its workers: their exits are reported, not taken for kills."""
+    import logging
+
+    monkeypatch.delenv(SCHEDULER_ENV_VAR, raising=False)
+    # Not in a `with` block: a client closed inside its own block leaves dask's
+    # scheduler setting on it (distributed's doing), and the next test without one.
+    client = dm.connect(n_workers=2, dashboard_address=None)
+    try:
+        workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+        server = workers[0].parent()
+    finally:
+        with caplog.at_level(logging.INFO, logger="distributed.nanny"):
+            client.close()
+    # A nanny logs a worker's exit code when it is not 0 (255: "killed by unknown signal").
+    deaths = [record for record in caplog.records if "Worker process" in record.getMessage()]
+    assert deaths == []
+    _, alive = psutil.wait_procs([server, *workers], timeout=10)
+    assert alive == []
+
+
+@pytest.mark.cluster
+def test_a_process_that_never_closes_its_cluster_leaves_nothing_at_exit():
+    """At exit the cluster closes before distributed's hooks run: no worker taken for killed."""
+    code = (
+        "import os, psutil\n"
+        "import daskmask as dm\n"
+        "client = dm.connect(n_workers=2, dashboard_address=None)\n"
+        "workers = client.run(os.getpid).values()\n"
+        "print(*{psutil.Process(pid).ppid() for pid in workers}, *workers)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR}
+    # The output's pipes close once every process holding them (the server too) has ended.
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Worker process" not in completed.stderr
+    pids = [int(pid) for pid in completed.stdout.split()]
+    assert len(pids) == 3  # one server, two workers
+    left = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left.append(psutil.Process(pid))
+    # Orphans once the process has exited: gone as soon as the system has reaped them.
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert alive == []
 
 
 @pytest.mark.cluster
