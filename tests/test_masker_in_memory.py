@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import dask
 import dask.array as da
 import numpy as np
@@ -50,6 +52,28 @@ def test_two_computations_give_two_arrays() -> None:
     assert not np.shares_memory(first, second)
     first[:] = 0
     np.testing.assert_array_equal(second, expected)
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_optimisation_leaves_the_collector_as_it_was(collecting: bool) -> None:
+    lazy, expected = _signals()
+    seen: list[bool] = []
+
+    def record(block: np.ndarray) -> np.ndarray:
+        seen.append(gc.isenabled())  # in a task: after the optimisation's pause
+        return block
+
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        wrapped = in_memory_result(lazy.map_blocks(record))
+        assert _fills(wrapped)  # the optimisation ran, and left the collector
+        assert gc.isenabled() is collecting
+        np.testing.assert_array_equal(wrapped.compute(), expected)
+        assert gc.isenabled() is collecting
+        assert seen and set(seen) == {collecting}
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_threads_fill_one_result_other_schedulers_do_not() -> None:
