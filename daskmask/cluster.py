@@ -225,10 +225,11 @@ def _start_local(
         dashboard_address = ":0"
     forked = processes is None or bool(processes)
     if forked:
-        # This process builds the extraction's graphs with the same modules: import
-        # them here while it waits for the workers (on the core their start leaves idle).
+        # This process builds the extraction's graphs with the same modules, and its
+        # masker with scikit-learn: import them here while it waits for the workers
+        # (on the core their start leaves idle).
         threading.Thread(
-            target=_import_modules, args=(_TASK_MODULES,), name="daskmask-imports", daemon=True
+            target=_import_modules, args=(_CLIENT_MODULES,), name="daskmask-imports", daemon=True
         ).start()
     # Client(**cluster_kwargs) owns the LocalCluster it starts: closing the
     # client also stops the workers.
@@ -259,6 +260,10 @@ def _start_local(
 
 #: Modules every extraction's tasks need in a worker (their functions are pickled by reference).
 _TASK_MODULES = ("daskmask.reading._array", "daskmask.extraction._apply_mask")
+#: What this process imports while the workers start: the task modules, and NiftiMasker's
+#: (scikit-learn's estimators, joblib: 0.4-0.5 s). Measured on the HCP-like ``.nii`` job
+#: (fit_transform + save, 2 workers): the wall 9.00 -> 8.41 s (medians of 4 pairs).
+_CLIENT_MODULES = (*_TASK_MODULES, "daskmask.maskers._nifti")
 #: What the fork server imports before it forks the workers: distributed (the worker's
 #: own code, with dask, tornado, msgpack, cloudpickle) and the task modules (numpy,
 #: nibabel, xarray, the parts of scipy the extraction uses).

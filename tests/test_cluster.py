@@ -176,23 +176,23 @@ def test_embedded_workers_are_forks_of_a_server_that_imported_the_task_modules(
 
 @pytest.mark.cluster
 def test_this_process_imports_the_task_modules_while_the_workers_start():
-    """connect() imports what the client's graphs need while it waits for the workers."""
+    """connect() imports what the client's graphs and masker need while the workers start."""
     code = (
         "import sys, threading\n"
         "import daskmask as dm\n"
-        "from daskmask.cluster import _TASK_MODULES\n"
         "with dm.connect(n_workers=1, dashboard_address=None):\n"
         "    for thread in threading.enumerate():\n"
         "        if thread.name == 'daskmask-imports':\n"
         "            thread.join(60)\n"
-        "    print([module in sys.modules for module in _TASK_MODULES])\n"
+        "    print([module in sys.modules for module in ('daskmask.reading._array', "
+        "'daskmask.extraction._apply_mask', 'daskmask.maskers._nifti', 'sklearn.base')])\n"
     )
     environment = {k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR}
     completed = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
     )
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.splitlines()[-1] == "[True, True]"
+    assert completed.stdout.splitlines()[-1] == "[True, True, True, True]"
 
 
 def _descendants() -> dict[int, psutil.Process]:
