@@ -9,9 +9,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from dask._task_spec import convert_legacy_graph
 from dask.core import flatten
 
 from daskmask.maskers._in_memory import InMemoryResult, _finalize, _Result, in_memory_result
+from daskmask.signal._clean import clean_columns_in_place
 
 
 def _signals() -> tuple[da.Array, np.ndarray]:
@@ -171,6 +173,18 @@ def _scratch_file(array: da.Array) -> str:
     return os.path.join(os.fspath(store), _store.RAW)
 
 
+def _subtasks(node: object) -> list[object]:
+    """``node`` and the tasks fused into it."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(getattr(current, "dependencies_tasks", None) or ())
+        stack.extend(getattr(current, "tasks", None) or ())
+        stack.extend(arg for arg in getattr(current, "args", ()) if hasattr(arg, "func"))
+    return found
+
+
 def test_intermediate_is_kept_in_the_result() -> None:
     """Same values as through the file, and the file is never written."""
     import os
@@ -187,6 +201,16 @@ def test_intermediate_is_kept_in_the_result() -> None:
     through_file = cleaned.compute()  # an ordinary array: the file
     assert os.path.exists(_scratch_file(cleaned))
     np.testing.assert_array_equal(in_result, through_file)
+    # every block was cleaned in the result's own columns (no copy in, none back)
+    graph = convert_legacy_graph(
+        dict(wrapped.__dask_optimize__(wrapped.dask, wrapped.__dask_keys__()))
+    )
+    in_place = [
+        node
+        for node in graph.values()
+        if clean_columns_in_place in {getattr(sub, "func", None) for sub in _subtasks(node)}
+    ]
+    assert len(in_place) == wrapped.numblocks[1]
     np.testing.assert_array_equal(np.asarray(in_memory_result(signals)), raw)
 
 

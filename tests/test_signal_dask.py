@@ -224,3 +224,82 @@ def test_hypothesis_dask_equals_numpy(case):
             assert str(ours.value) == str(error)
             return
         assert_same(clean(lazy_input, **kwargs), eager, scheduler="sync")
+
+
+# The in-memory result cleans its blocks in the result's own columns
+# (clean_columns_in_place): the same bits as clean_columns' copy, or a copy
+# whenever the plan or the block does not allow it.
+
+
+def _in_place_plan(n_rows: int, dtype=np.float32, **options):
+    from daskmask.signal import make_plan
+
+    options = {"detrend": True, "standardize": "zscore_sample", "filter": False, **options}
+    return make_plan(n_rows, np.dtype(dtype), **options)
+
+
+@pytest.mark.parametrize("standardize", ["zscore_sample", None])
+@pytest.mark.parametrize("detrend", [True, False])
+@pytest.mark.parametrize("width", [2, 3, 300, 301, 1500])
+def test_in_place_cleaning_has_the_bits_of_the_copy(standardize, detrend, width) -> None:
+    from daskmask.signal._clean import clean_columns, clean_columns_in_place
+
+    rng = np.random.default_rng(width)
+    # a result of several blocks; the block is a strided view of its columns
+    result = (rng.standard_normal((700, width + 20)) * 30 + 900).astype(np.float32)
+    result[:, 5] = 42.0  # a constant column: std below eps
+    before = result.copy()
+    plan = _in_place_plan(700, detrend=detrend, standardize=standardize)
+    block = result[:, 3 : 3 + width]
+    expected = clean_columns(block.copy(), plan)
+    cleaned = clean_columns_in_place(block, plan)
+    assert np.shares_memory(cleaned, result)
+    np.testing.assert_array_equal(cleaned, expected)
+    np.testing.assert_array_equal(result[:, 3 : 3 + width], expected)
+    np.testing.assert_array_equal(result[:, :3], before[:, :3])  # other columns untouched
+    np.testing.assert_array_equal(result[:, 3 + width :], before[:, 3 + width :])
+
+
+def test_in_place_cleaning_zeroes_non_finite_values_as_the_copy() -> None:
+    from daskmask.signal._clean import clean_columns, clean_columns_in_place
+
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal((50, 40)).astype(np.float32)
+    block[3, 4], block[7, 30] = np.nan, np.inf
+    plan = _in_place_plan(50, ensure_finite=True)
+    expected = clean_columns(block, plan)
+    np.testing.assert_array_equal(clean_columns_in_place(block, plan), expected)
+    assert np.isfinite(block).all()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["confounds", "filter", "runs", "sample_mask", "psc", "float64", "one column", "read-only"],
+)
+def test_in_place_cleaning_copies_what_it_cannot_clean_in_place(case) -> None:
+    from daskmask.signal._clean import clean_columns, clean_columns_in_place
+
+    rng = np.random.default_rng(2)
+    n_rows = 60
+    block = (rng.standard_normal((n_rows, 8)) * 5 + 100).astype(np.float32)
+    options = {
+        "confounds": {"confounds": rng.standard_normal((n_rows, 2))},
+        "filter": {"filter": "butterworth", "high_pass": 0.01, "t_r": 2.0},
+        "runs": {"runs": np.repeat([0, 1], n_rows // 2)},
+        "sample_mask": {"sample_mask": np.arange(2, n_rows)},
+        "psc": {"standardize": "psc"},
+    }.get(case, {})
+    plan = _in_place_plan(n_rows, **options)
+    if case == "float64":
+        block = block.astype(np.float64)
+        plan = _in_place_plan(n_rows, dtype=np.float32)
+    if case == "one column":
+        block = block[:, :1].copy()
+    if case == "read-only":
+        block.flags.writeable = False
+    before = block.copy()
+    expected = clean_columns(before.copy(), plan)  # what the copy gives
+    cleaned = clean_columns_in_place(block, plan)
+    assert not np.shares_memory(cleaned, block)
+    np.testing.assert_array_equal(block, before)  # untouched
+    np.testing.assert_array_equal(cleaned, expected)

@@ -56,6 +56,7 @@ from dask.utils import ensure_dict
 from daskmask._memory import small_pages
 from daskmask._scratch import current_client
 from daskmask.extraction import _store
+from daskmask.signal._clean import clean_columns, clean_columns_in_place
 
 __all__ = ["InMemoryResult", "in_memory_result"]
 
@@ -260,7 +261,44 @@ def _intermediate_in_result(
     mapping = dict(layers[layer_name])
     mapping[prepare] = _store.InMemoryIntermediate(result.array)
     layers[layer_name] = MaterializedLayer(mapping)
+    cleaned = _cleaned_in_place(graph, own, columns, reads)
+    if cleaned is not None and own[0][0] in layers and own[0][0] != layer_name:
+        layers[own[0][0]] = MaterializedLayer(cleaned)
     return HighLevelGraph(layers, dsk.dependencies)
+
+
+def _cleaned_in_place(
+    graph: dict[Any, Any],
+    own: list[Any],
+    columns: list[slice],
+    reads: dict[tuple[int, int], Any],
+) -> dict[Any, Any] | None:
+    """Return the output tasks with the cleaning done in the result's columns, or None.
+
+    Each output block that is ``clean_columns`` of the stage-2 read of its own
+    columns, and nothing else, gets those columns, a view of the result that
+    no other task reads (checked by the caller), cleaned in place
+    (:func:`~daskmask.signal.clean_columns_in_place`): the copy into the
+    result that follows finds the block already there. None when a block is
+    computed otherwise (the tasks stay as they are).
+    """
+    tasks = {}
+    for key, where in zip(own, columns, strict=True):
+        node = graph.get(key)
+        read = reads[(where.start, where.stop)]
+        if not (
+            isinstance(node, Task)
+            and node.func is clean_columns
+            and len(node.args) == 1
+            and isinstance(node.args[0], TaskRef)
+            and node.args[0].key == read
+            and set(node.kwargs) == {"plan"}
+        ):
+            return None
+        tasks[key] = Task(key, clean_columns_in_place, node.args[0], **node.kwargs)
+    if len(tasks) != sum(1 for key in graph if isinstance(key, tuple) and key[0] == own[0][0]):
+        return None  # the layer holds other keys: leave it whole
+    return tasks
 
 
 def _reads_reached(graph: dict[Any, Any], key: Any, reads: set[Any]) -> set[Any]:
