@@ -51,33 +51,31 @@ class Row:
         return "met" if self.ratio <= self.limit else "NOT met"
 
 
-def _origin(path: Path) -> str:
-    """``path`` and the commit and date that last wrote it (git), for figures read back."""
+def _last_commit(path: Path, fmt: str) -> str:
+    """``git log -1 --format=fmt`` of ``path`` ("" when it is not committed or git is missing)."""
     try:
-        out = subprocess.run(
-            ["git", "log", "-1", "--format=%h %cs", "--", path.name],
+        return subprocess.run(
+            ["git", "log", "-1", f"--format={fmt}", "--", path.name],
             cwd=path.parent,
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
     except OSError:
-        out = ""
-    return f"{path.name} ({out or 'not committed'})"
+        return ""
+
+
+def _origin(path: Path) -> str:
+    """``path`` and the commit and date that last wrote it (git), for figures read back."""
+    return f"{path.name} ({_last_commit(path, '%h %cs') or 'not committed'})"
 
 
 def _newest(paths: Iterable[Path]) -> Path | None:
     """The file whose last commit is the newest (uncommitted files count as newest)."""
 
     def committed_at(path: Path) -> int:
-        out = subprocess.run(
-            ["git", "log", "-1", "--format=%ct", "--", path.name],
-            cwd=path.parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        return int(out) if out else 2**62
+        when = _last_commit(path, "%ct")
+        return int(when) if when else 2**62
 
     return max(paths, key=committed_at, default=None)
 

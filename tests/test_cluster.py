@@ -175,6 +175,17 @@ def test_embedded_workers_are_forks_of_a_server_that_imported_the_task_modules(
 
 
 @pytest.mark.cluster
+def _python(*arguments: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run this interpreter with ``arguments`` in a fresh process, no scheduler named."""
+    return subprocess.run(
+        [sys.executable, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR},
+    )
+
+
 def test_this_process_imports_the_task_modules_while_the_workers_start():
     """connect() imports what the client's graphs and masker need while the workers start."""
     code = (
@@ -187,10 +198,7 @@ def test_this_process_imports_the_task_modules_while_the_workers_start():
         "    print([module in sys.modules for module in ('daskmask.reading._array', "
         "'daskmask.extraction._apply_mask', 'daskmask.maskers._nifti', 'sklearn.base')])\n"
     )
-    environment = {k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR}
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
-    )
+    completed = _python("-c", code)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[-1] == "[True, True, True, True]"
 
@@ -252,11 +260,8 @@ def test_a_process_that_never_closes_its_cluster_leaves_nothing_at_exit():
         "workers = client.run(os.getpid).values()\n"
         "print(*{psutil.Process(pid).ppid() for pid in workers}, *workers)\n"
     )
-    environment = {k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR}
     # The output's pipes close once every process holding them (the server too) has ended.
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
-    )
+    completed = _python("-c", code)
     assert completed.returncode == 0, completed.stderr
     assert "Worker process" not in completed.stderr
     pids = [int(pid) for pid in completed.stdout.split()]
@@ -310,12 +315,8 @@ def test_threaded_local_cluster_runs_in_this_process(monkeypatch, run_path, expe
 def test_demo_runs_on_the_chosen_scheduler(scheduler, scheduler_address, tmp_path):
     chosen = scheduler_address if scheduler == "address" else "threads"
     output = tmp_path / "demo.zarr"
-    completed = subprocess.run(
-        [sys.executable, "-m", "daskmask", "demo", "--scheduler", chosen, "--output", output],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != SCHEDULER_ENV_VAR},
+    completed = _python(
+        "-m", "daskmask", "demo", "--scheduler", chosen, "--output", output, timeout=300
     )
     assert completed.returncode == 0, completed.stderr
     # the first line after the (first-use) generation of the walkthrough runs
