@@ -52,7 +52,8 @@ def fold_volumes(
 
     """
     block = np.asarray(block)
-    if block.dtype.kind in "biu" and block.dtype.itemsize <= 4 and block.shape[-1]:
+    exact = exact_sum_dtype(block.dtype, block.shape[-1]) if block.shape[-1] else None
+    if exact is not None:
         # Integers of up to 32 bits: an int64 sum of the block is exact, and so
         # is its addition to the float64 running sum while totals stay below
         # 2**53 (2**31 per value: over 4 million volumes). Same bits as adding
@@ -60,8 +61,7 @@ def fold_volumes(
         # int32 sum of at most 2**15 volumes is exact too, and 2.6 times
         # faster again (HCP-like slab of 18 int16 volumes: 7.7 ms, 20 ms in
         # int64): half the memory traffic and twice the SIMD lanes.
-        exact_in_int32 = block.dtype.itemsize <= 2 and block.shape[-1] <= 1 << 15
-        block_sum = block.sum(axis=-1, dtype=np.int32 if exact_in_int32 else np.int64)
+        block_sum = block.sum(axis=-1, dtype=exact)
         if running_sum is None:
             return block_sum.astype(accumulator)
         return np.add(running_sum, block_sum, out=running_sum, casting="unsafe")
@@ -80,10 +80,11 @@ def exact_sum_dtype(dtype: np.dtype, n_volumes: int) -> np.dtype | None:
     int32 for data of up to 16 bits and at most 2**15 volumes (2**15 *
     65535 < 2**31), int64 for data of up to 32 bits and fewer than 2**21
     volumes (so that the total, below 2**53, is also exact in float64).
-    None for anything else (wider integers, floats, longer runs).
+    None for anything else (wider integers, floats, longer runs). Booleans
+    count as 8-bit integers.
     """
     dtype = np.dtype(dtype)
-    if dtype.kind not in "iu" or dtype.fields is not None:
+    if dtype.kind not in "biu" or dtype.fields is not None:
         return None
     if dtype.itemsize <= 2 and n_volumes <= 1 << 15:
         return np.dtype(np.int32)

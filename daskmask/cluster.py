@@ -239,7 +239,7 @@ def _start_local(
         warnings.filterwarnings(
             "ignore", message="Port .* is already in use", category=UserWarning
         )
-        client = _LocalClient(
+        client = _ClusterClient(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
             processes=forked,
@@ -673,24 +673,14 @@ def _default_client() -> Client | None:
 
 
 class _ClusterClient(Client):
-    """A Client that stops the cluster :func:`connect` started for it when it closes."""
+    """A Client that, once closed, stops what :func:`connect` started for it.
+
+    A job-queue or Kubernetes cluster (cancelling jobs, deleting pods), or the
+    fork server of the embedded LocalCluster's workers (see :class:`_ForkServer`;
+    that cluster itself is the client's own and closes with it).
+    """
 
     _daskmask_cluster: Any = None
-
-    def close(self, timeout: Any = None) -> Any:
-        """Close the client, then its cluster (cancelling jobs, deleting pods)."""
-        cluster = self._daskmask_cluster
-        try:
-            return super().close() if timeout is None else super().close(timeout=timeout)
-        finally:
-            if cluster is not None:
-                self._daskmask_cluster = None
-                _stop(cluster, timeout=timeout)
-
-
-class _LocalClient(Client):
-    """The embedded LocalCluster's client: closing it also lets the workers' fork server end."""
-
     _daskmask_server: _ForkServer | None = None
 
     def _own_server(self, server: _ForkServer) -> None:
@@ -702,16 +692,20 @@ class _LocalClient(Client):
         weakref.finalize(self, server.close).atexit = False
 
     def close(self, timeout: Any = None) -> Any:
-        """Close the client and its cluster, then let the fork server end."""
+        """Close the client, then its cluster, then let the fork server end."""
+        cluster = self._daskmask_cluster
         try:
             return super().close() if timeout is None else super().close(timeout=timeout)
         finally:
+            if cluster is not None:
+                self._daskmask_cluster = None
+                _stop(cluster, timeout=timeout)
             if self._daskmask_server is not None:
                 self._daskmask_server.close()
 
 
 #: Clients of embedded clusters with a fork server, not closed yet.
-_LOCAL_CLIENTS: weakref.WeakSet[_LocalClient] = weakref.WeakSet()
+_LOCAL_CLIENTS: weakref.WeakSet[_ClusterClient] = weakref.WeakSet()
 
 
 @atexit.register
